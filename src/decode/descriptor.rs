@@ -15,9 +15,9 @@ use prost::Message;
 
 use super::error::SchemaError;
 
-/// `descriptor.proto` messages, reduced to the fields the mapping reads. Field numbers are those
+/// `descriptor.proto` messages, reduced to the fields the mapping reads (editions included). Field numbers are those
 /// of `google/protobuf/descriptor.proto`; unknown fields are skipped by prost.
-mod raw {
+pub mod raw {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct FileDescriptorSet {
         #[prost(message, repeated, tag = "1")]

@@ -82,7 +82,7 @@ impl<'a> Planner<'a> {
         let Some(value) = self.plan_value(f, path)? else { return Ok(None) };
         if f.cardinality == Cardinality::Repeated {
             let (kind, data_type, element_col) = value.column(false);
-            let element = Arc::new(Field::new(LIST_ELEMENT, data_type, false));
+            let element = Arc::new(arrow_field(LIST_ELEMENT, &kind, data_type, false));
             let col = Column::List(ListCol::new(element_col, element.clone(), false));
             let plan = FieldPlan::new(f.name.clone(), f.number, kind, Shape::List, None, col);
             return Ok(Some((plan, Field::new(&f.name, DataType::List(element), true))));
@@ -99,7 +99,7 @@ impl<'a> Planner<'a> {
         };
         let nullable = f.presence != Presence::Required;
         let (kind, data_type, col) = value.column(nullable);
-        let field = Field::new(&f.name, data_type, nullable);
+        let field = arrow_field(&f.name, &kind, data_type, nullable);
         let plan = FieldPlan::new(f.name.clone(), f.number, kind, Shape::Singular(absent), f.oneof, col);
         Ok(Some((plan, field)))
     }
@@ -122,8 +122,10 @@ impl<'a> Planner<'a> {
         let Some(value) = self.plan_value(value_def, &format!("{path}.value"))? else { return Ok(None) };
         let (key_kind, key_type, key_col) = key.column(false);
         let (value_kind, value_type, value_col) = value.column(false);
-        let entry_fields =
-            Fields::from(vec![Field::new("key", key_type, false), Field::new("value", value_type, false)]);
+        let entry_fields = Fields::from(vec![
+            Field::new("key", key_type, false),
+            arrow_field("value", &value_kind, value_type, false),
+        ]);
         let entries = Arc::new(Field::new(MAP_ENTRIES, DataType::Struct(entry_fields.clone()), false));
         let key_plan = FieldPlan::new("key".into(), 1, key_kind, Shape::Singular(Absent::Zero), None, key_col);
         let value_plan = FieldPlan::new("value".into(), 2, value_kind, Shape::Singular(Absent::Zero), None, value_col);
@@ -195,6 +197,20 @@ impl<'a> Planner<'a> {
                 }))
             }
         }
+    }
+}
+
+/// Arrow extension type of the JSON text columns (Struct / Value / ListValue).
+pub const JSON_EXTENSION: &str = "arrow.json";
+
+fn arrow_field(name: &str, kind: &Kind, data_type: DataType, nullable: bool) -> Field {
+    let field = Field::new(name, data_type, nullable);
+    if matches!(kind, Kind::Json(_)) {
+        field.with_metadata(
+            [("ARROW:extension:name".to_string(), JSON_EXTENSION.to_string())].into_iter().collect(),
+        )
+    } else {
+        field
     }
 }
 
