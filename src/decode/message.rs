@@ -459,7 +459,7 @@ fn read_value(
         return Err(r.error(
             Reason::WireTypeMismatch,
             format!(
-                "wire type {} ({}) cannot carry a {} field, which uses {} ({}); the writer used another schema",
+                "wire type {} ({}) cannot carry this {} field (it uses wire type {}, {}); the writer used another schema",
                 wt,
                 wire::wire_type_name(wt),
                 kind.describe(),
