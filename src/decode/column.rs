@@ -24,10 +24,44 @@ use arrow::datatypes::{
 
 use super::message::MessageNode;
 
+/// The buffer handed out with the previous batch. Once the caller drops that batch the
+/// allocation is ours again and becomes the next batch's buffer: fresh pages cost page faults,
+/// so a steady stream of batches alternates between two warm allocations per column.
+pub struct Spare<T> {
+    in_flight: Option<Buffer>,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T> Default for Spare<T> {
+    fn default() -> Self {
+        Spare { in_flight: None, _t: std::marker::PhantomData }
+    }
+}
+
+impl<T: ArrowNativeType> Spare<T> {
+    /// Swaps `current` for an empty vector (the reclaimed one if possible) and returns the
+    /// filled one as a buffer, remembered for reclaiming at the next swap.
+    fn swap(&mut self, current: &mut Vec<T>) -> Buffer {
+        let capacity = current.len();
+        let next = match self.in_flight.take().map(Buffer::into_vec::<T>) {
+            Some(Ok(mut v)) => {
+                v.clear();
+                v.reserve(capacity);
+                v
+            }
+            _ => Vec::with_capacity(capacity),
+        };
+        let buffer = Buffer::from_vec(std::mem::replace(current, next));
+        self.in_flight = Some(buffer.clone());
+        buffer
+    }
+}
+
 /// Fixed-width values.
 pub struct PrimCol<T> {
     pub values: Vec<T>,
     pub nulls: Option<NullBufferBuilder>,
+    spare: Spare<T>,
 }
 
 /// Variable-length values (utf8 or binary).
@@ -36,6 +70,8 @@ pub struct BytesCol {
     pub data: Vec<u8>,
     pub nulls: Option<NullBufferBuilder>,
     pub utf8: bool,
+    spare_offsets: Spare<i32>,
+    spare_data: Spare<u8>,
 }
 
 pub struct BoolCol {
@@ -79,10 +115,10 @@ fn nulls_for(nullable: bool) -> Option<NullBufferBuilder> {
 
 impl<T: Copy + Default> PrimCol<T> {
     pub fn new(nullable: bool) -> Self {
-        PrimCol { values: Vec::new(), nulls: nulls_for(nullable) }
+        PrimCol { values: Vec::new(), nulls: nulls_for(nullable), spare: Spare::default() }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, v: T) {
         self.values.push(v);
         if let Some(n) = &mut self.nulls {
@@ -116,16 +152,23 @@ impl<T: Copy + Default> PrimCol<T> {
 
 impl<T: ArrowNativeType> PrimCol<T> {
     fn take(&mut self) -> (ScalarBuffer<T>, Option<NullBuffer>) {
-        let cap = self.values.len();
-        let values = std::mem::replace(&mut self.values, Vec::with_capacity(cap));
+        let len = self.values.len();
+        let values = self.spare.swap(&mut self.values);
         let nulls = self.nulls.as_mut().and_then(NullBufferBuilder::finish);
-        (ScalarBuffer::from(values), nulls)
+        (ScalarBuffer::new(values, 0, len), nulls)
     }
 }
 
 impl BytesCol {
     pub fn new(nullable: bool, utf8: bool) -> Self {
-        BytesCol { offsets: vec![0], data: Vec::new(), nulls: nulls_for(nullable), utf8 }
+        BytesCol {
+            offsets: vec![0],
+            data: Vec::new(),
+            nulls: nulls_for(nullable),
+            utf8,
+            spare_offsets: Spare::default(),
+            spare_data: Spare::default(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -133,7 +176,7 @@ impl BytesCol {
     }
 
     /// Appends `v`; the caller has validated UTF-8 for utf8 columns.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, v: &[u8]) -> Result<(), ()> {
         let end = self.data.len() + v.len();
         let end = i32::try_from(end).map_err(drop)?;
@@ -181,18 +224,14 @@ impl BytesCol {
     }
 
     fn finish(&mut self) -> ArrayRef {
-        let (cap_o, cap_d) = (self.offsets.len(), self.data.len());
-        let mut offsets = std::mem::replace(&mut self.offsets, Vec::with_capacity(cap_o));
+        let count = self.offsets.len();
+        let offsets = self.spare_offsets.swap(&mut self.offsets);
         self.offsets.push(0);
-        if offsets.is_empty() {
-            offsets.push(0);
-        }
-        let data = std::mem::replace(&mut self.data, Vec::with_capacity(cap_d));
+        let values = self.spare_data.swap(&mut self.data);
         let nulls = self.nulls.as_mut().and_then(NullBufferBuilder::finish);
         // SAFETY: offsets start at 0 and only grow (push/set_last/truncate keep that), and every
         // value of a utf8 column was validated as UTF-8 before it was appended.
-        let offsets = unsafe { OffsetBuffer::new_unchecked(ScalarBuffer::from(offsets)) };
-        let values = Buffer::from_vec(data);
+        let offsets = unsafe { OffsetBuffer::new_unchecked(ScalarBuffer::new(offsets, 0, count)) };
         if self.utf8 {
             Arc::new(unsafe { StringArray::new_unchecked(offsets, values, nulls) })
         } else {

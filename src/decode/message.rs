@@ -282,13 +282,12 @@ impl MessageNode {
                     )),
                 };
             }
-            let at = *r;
             let (number, wt) = r.read_tag()?;
             if wt == EGROUP {
                 return if end_group == Some(number) {
                     Ok(())
                 } else {
-                    Err(at.error(
+                    Err(r.error(
                         Reason::UnexpectedEndGroup,
                         format!("end-group tag for field {number} that no start-group opened"),
                     ))
@@ -376,6 +375,7 @@ impl MessageNode {
     }
 }
 
+#[inline(always)]
 fn read_field(f: &mut FieldPlan, r: &mut Reader<'_>, wt: u8) -> Result<(), RecordError> {
     match f.shape {
         Shape::Singular(_) => {
@@ -435,14 +435,20 @@ fn put_bool(col: &mut Column, v: bool, mode: Mode) {
     }
 }
 
+#[inline(always)]
 fn put_bytes(col: &mut Column, v: &[u8], mode: Mode, r: &Reader<'_>) -> Result<(), RecordError> {
     if let Column::Bytes(c) = col {
         let fits = if mode == Mode::Replace { c.set_last(v) } else { c.push(v) };
-        fits.map_err(|()| {
-            r.error(Reason::BatchFull, "the batch's variable-length data would pass 2 GiB; flush the batch first")
-        })?;
+        if fits.is_err() {
+            return Err(batch_full(r));
+        }
     }
     Ok(())
+}
+
+#[cold]
+fn batch_full(r: &Reader<'_>) -> RecordError {
+    r.error(Reason::BatchFull, "the batch's variable-length data would pass 2 GiB; flush the batch first")
 }
 
 fn read_value(
@@ -485,12 +491,8 @@ fn read_value(
         Kind::String => {
             let value = r.read_len()?;
             let bytes = value.rest();
-            if let Err(e) = simdutf8::compat::from_utf8(bytes) {
-                return Err(RecordError::new(
-                    Reason::InvalidUtf8,
-                    value.offset() + e.valid_up_to(),
-                    format!("string is not valid UTF-8 (bad byte sequence after {} valid bytes)", e.valid_up_to()),
-                ));
+            if !is_utf8(bytes) {
+                return Err(utf8_error(&value));
             }
             put_bytes(col, bytes, mode, r)?;
         }
@@ -587,6 +589,33 @@ fn read_value(
         }
     }
     Ok(())
+}
+
+/// UTF-8 check with an ASCII fast path: most event strings (ids, URLs, codes) are ASCII and
+/// short, where a word-at-a-time test beats a SIMD validator's set-up.
+#[inline(always)]
+fn is_utf8(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut acc = 0u64;
+    for c in &mut chunks {
+        acc |= u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    }
+    let tail = chunks.remainder().iter().fold(0u8, |a, b| a | b);
+    if acc & HIGH == 0 && tail < 0x80 {
+        return true;
+    }
+    simdutf8::basic::from_utf8(bytes).is_ok()
+}
+
+#[cold]
+fn utf8_error(value: &Reader<'_>) -> RecordError {
+    let valid = simdutf8::compat::from_utf8(value.rest()).err().map_or(0, |e| e.valid_up_to());
+    RecordError::new(
+        Reason::InvalidUtf8,
+        value.offset() + valid,
+        format!("string is not valid UTF-8 (bad byte sequence after {valid} valid bytes)"),
+    )
 }
 
 /// Reads `seconds` (1) and `nanos` (2) of a Timestamp or Duration into `scratch` (merging).

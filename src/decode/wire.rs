@@ -40,7 +40,7 @@ impl<'a> Reader<'a> {
         Reader { buf, pos: 0, base: 0 }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
@@ -51,6 +51,7 @@ impl<'a> Reader<'a> {
         self.base + self.pos
     }
 
+    #[cold]
     pub fn error(&self, reason: Reason, message: impl Into<String>) -> RecordError {
         RecordError::new(reason, self.offset(), message)
     }
@@ -59,20 +60,35 @@ impl<'a> Reader<'a> {
         self.error(Reason::Truncated, format!("input ends inside {what}"))
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn read_varint(&mut self) -> Result<u64, RecordError> {
-        let rest = &self.buf[self.pos.min(self.buf.len())..];
-        // Fast path: one byte.
-        if let Some(&b) = rest.first() {
-            if b < 0x80 {
+        // Fast paths: one and two bytes cover tags and most small values.
+        if let Some(&b0) = self.buf.get(self.pos) {
+            if b0 < 0x80 {
                 self.pos += 1;
-                return Ok(u64::from(b));
+                return Ok(u64::from(b0));
+            }
+            if let Some(&b1) = self.buf.get(self.pos + 1) {
+                if b1 < 0x80 {
+                    self.pos += 2;
+                    return Ok(u64::from(b0 & 0x7f) | (u64::from(b1) << 7));
+                }
             }
         }
+        self.read_varint_slow()
+    }
+
+    #[inline(never)]
+    fn read_varint_slow(&mut self) -> Result<u64, RecordError> {
+        let rest = &self.buf[self.pos.min(self.buf.len())..];
         let mut value: u64 = 0;
         for (i, &b) in rest.iter().enumerate().take(10) {
             value |= u64::from(b & 0x7f) << (7 * i);
             if b < 0x80 {
+                // The tenth byte holds bit 63 only; more is a value beyond 64 bits.
+                if i == 9 && b > 1 {
+                    return Err(self.error(Reason::VarintTooLong, "varint overflows 64 bits"));
+                }
                 self.pos += i + 1;
                 return Ok(value);
             }
@@ -85,22 +101,28 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a tag: (field number, wire type).
-    #[inline]
+    #[inline(always)]
     pub fn read_tag(&mut self) -> Result<(u32, u8), RecordError> {
-        let at = *self;
+        let start = self.pos;
         let tag = self.read_varint()?;
         let wire_type = (tag & 7) as u8;
         let number = tag >> 3;
-        if number == 0 {
-            return Err(at.error(Reason::FieldNumberZero, "tag with field number 0"));
-        }
-        if number > u64::from(u32::MAX >> 3) {
-            return Err(at.error(Reason::FieldNumberOutOfRange, format!("field number {number} is beyond 2^29-1")));
-        }
-        if wire_type > 5 {
-            return Err(at.error(Reason::InvalidWireType, format!("wire type {wire_type} does not exist")));
+        if number == 0 || number > u64::from(u32::MAX >> 3) || wire_type > 5 {
+            return Err(self.bad_tag(start, number, wire_type));
         }
         Ok((number as u32, wire_type))
+    }
+
+    #[cold]
+    fn bad_tag(&self, start: usize, number: u64, wire_type: u8) -> RecordError {
+        let at = Reader { buf: self.buf, pos: start, base: self.base };
+        if number == 0 {
+            at.error(Reason::FieldNumberZero, "tag with field number 0")
+        } else if wire_type > 5 {
+            at.error(Reason::InvalidWireType, format!("wire type {wire_type} does not exist"))
+        } else {
+            at.error(Reason::FieldNumberOutOfRange, format!("field number {number} is beyond 2^29-1"))
+        }
     }
 
     #[inline]
@@ -126,20 +148,26 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a length prefix and returns a reader over exactly that many bytes.
-    #[inline]
+    #[inline(always)]
     pub fn read_len(&mut self) -> Result<Reader<'a>, RecordError> {
         let len = self.read_varint()?;
         let start = self.pos;
-        let remaining = self.buf.len() - start.min(self.buf.len());
-        if len > remaining as u64 {
-            return Err(self.error(
-                Reason::Truncated,
-                format!("length {len} runs past the end of the enclosing message ({remaining} bytes left)"),
-            ));
+        match self.buf.get(start..).and_then(|rest| rest.get(..usize::try_from(len).ok()?)) {
+            Some(body) => {
+                self.pos = start + body.len();
+                Ok(Reader { buf: body, pos: 0, base: self.base + start })
+            }
+            None => Err(self.len_past_end(len)),
         }
-        let end = start + len as usize;
-        self.pos = end;
-        Ok(Reader { buf: &self.buf[start..end], pos: 0, base: self.base + start })
+    }
+
+    #[cold]
+    fn len_past_end(&self, len: u64) -> RecordError {
+        let remaining = self.buf.len().saturating_sub(self.pos);
+        self.error(
+            Reason::Truncated,
+            format!("length {len} runs past the end of the enclosing message ({remaining} bytes left)"),
+        )
     }
 
     /// The unread bytes of this reader.
@@ -219,6 +247,8 @@ mod tests {
         assert_eq!(Reader::new(&[0x81, 0x80, 0x80, 0x00]).read_varint().unwrap(), 1);
         let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
         assert_eq!(Reader::new(&max).read_varint().unwrap(), u64::MAX);
+        let overflow = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert_eq!(Reader::new(&overflow).read_varint().unwrap_err().reason, Reason::VarintTooLong);
         let eleven = [0x80; 11];
         assert_eq!(Reader::new(&eleven).read_varint().unwrap_err().reason, Reason::VarintTooLong);
         assert_eq!(Reader::new(&[0x80, 0x80]).read_varint().unwrap_err().reason, Reason::Truncated);

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command: installs what the build and tests need, then runs every test.
+#
+# Caches (reused when present, rebuilt when not): cargo's target directory lives outside the
+# clone in $PROTOLAKE_CACHE (default ~/.cache/protolake), so a fresh clone does not rebuild
+# arrow & co. from scratch on a machine that already built them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${PROTOLAKE_CACHE:-$HOME/.cache/protolake}"
+mkdir -p "$CACHE"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Tests are single-process and light; two build jobs match the CI machine.
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+
+need() { command -v "$1" >/dev/null 2>&1; }
+
+if ! need cargo; then
+  echo "cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+# A C compiler is needed by -sys crates.
+if ! need cc && need apt-get; then
+  apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+fi
+
+echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
+cargo test --locked --lib --bins --tests 2>&1
+echo "== benches still compile"
+cargo check --locked --benches 2>&1
+echo "== CLI smoke test"
+cargo run --locked --quiet -- quickstart --events 200 >/dev/null
+cargo run --locked --quiet -- schema print --proto proto/protolake/examples/v1/events.proto -I proto \
+  --message protolake.examples.v1.AdImpression >/dev/null
+echo "all tests passed"
