@@ -657,3 +657,36 @@ fn errors_read_like_instructions() {
     assert!(text.starts_with("wire_type_mismatch at scalars.f_int64 (byte 3):"), "{text}");
     assert!(text.contains("int64"), "{text}");
 }
+
+// --- §13 Delta storage ----------------------------------------------------------------------
+
+#[test]
+fn delta_storage_widens_unsigned_and_durations_losslessly() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Decimal128Type, Int64Type};
+    use protolake::contract::{delta_schema, to_delta_batch, to_ddl};
+
+    let mut d = everything();
+    let scalars = [f_varint(5, u64::from(u32::MAX)), f_varint(6, u64::MAX)].concat();
+    let record = [
+        f_len(1, &scalars),
+        f_len(21, &[f_varint(1, 2), f_varint(2, 500_000_000)].concat()),
+        f_len(15, &[f_varint(1, u64::MAX), f_len(2, b"max")].concat()),
+        f_len(11, &7u32.to_le_bytes()),
+    ]
+    .concat();
+    d.decode(&record).unwrap();
+    let batch = to_delta_batch(&d.flush().unwrap()).unwrap();
+    let s = batch.column_by_name("scalars").unwrap().as_struct();
+    let u32_col = s.column_by_name("f_uint32").unwrap().as_primitive::<Int64Type>();
+    assert_eq!(u32_col.value(0), i64::from(u32::MAX));
+    let u64_col = s.column_by_name("f_uint64").unwrap().as_primitive::<Decimal128Type>();
+    assert_eq!(u64_col.value(0), i128::from(u64::MAX));
+    assert_eq!(batch.column_by_name("dur").unwrap().as_primitive::<Int64Type>().value(0), 2_500_000);
+    let m = batch.column_by_name("m_u64_str").unwrap().as_map();
+    assert_eq!(m.keys().as_primitive::<Decimal128Type>().value(0), i128::from(u64::MAX));
+    let l = batch.column_by_name("r_fixed32").unwrap().as_list::<i32>();
+    assert_eq!(l.values().as_primitive::<Int64Type>().value(0), 7);
+    let ddl = to_ddl(&delta_schema(&d.schema()));
+    assert!(ddl.contains("f_uint64: DECIMAL(20,0)") && ddl.contains("dur BIGINT") && ddl.contains("r_fixed32 ARRAY<BIGINT>"), "{ddl}");
+}
