@@ -122,7 +122,7 @@ pub fn schema_print(args: &SchemaPrintArgs) -> Result<()> {
             println!("{}: {}{}", f.name(), f.data_type(), if f.is_nullable() { "" } else { " not null" });
         }
     } else {
-        print!("{}", to_ddl(&delta_schema(&schema)));
+        print!("{}", to_ddl(&delta_schema(&schema))?);
     }
     Ok(())
 }

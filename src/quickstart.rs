@@ -118,7 +118,7 @@ pub fn run(args: &QuickstartArgs) -> Result<()> {
     let events = sample_events(args.events);
     println!("protolake quickstart: {} sample {MESSAGE} events (schema: proto/{PROTO_PATH})\n", events.len());
     println!("Table columns (Delta DDL, as `protolake schema print` shows):");
-    for line in to_ddl(&delta_schema(&decoder.schema())).lines() {
+    for line in to_ddl(&delta_schema(&decoder.schema()))?.lines() {
         println!("  {line}");
     }
 

@@ -687,6 +687,6 @@ fn delta_storage_widens_unsigned_and_durations_losslessly() {
     assert_eq!(m.keys().as_primitive::<Decimal128Type>().value(0), i128::from(u64::MAX));
     let l = batch.column_by_name("r_fixed32").unwrap().as_list::<i32>();
     assert_eq!(l.values().as_primitive::<Int64Type>().value(0), 7);
-    let ddl = to_ddl(&delta_schema(&d.schema()));
+    let ddl = to_ddl(&delta_schema(&d.schema())).unwrap();
     assert!(ddl.contains("f_uint64: DECIMAL(20,0)") && ddl.contains("dur BIGINT") && ddl.contains("r_fixed32 ARRAY<BIGINT>"), "{ddl}");
 }
