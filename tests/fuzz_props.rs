@@ -70,8 +70,21 @@ fn check(target: &mut Target, record: &[u8]) {
         (Ok(()), Ok(view)) => {
             assert_eq!(rows.len(), 3);
             assert_eq!(rows[0], rows[2], "neighbours agree");
-            if let Some(d) = first_difference(&rows[1], &oracle_row(view, batch.schema().fields()), "") {
-                panic!("{d}\nrecord: {record:02x?}");
+            if target.strict {
+                if let Some(d) = first_difference(&rows[1], &oracle_row(view, batch.schema().fields()), "") {
+                    panic!("{d}\nrecord: {record:02x?}");
+                }
+            } else {
+                // Where the recursion limit cuts fields, their bytes are skipped here as unknown
+                // fields but parsed by prost-reflect, which is lenient with some malformed ones;
+                // so compare on prost-reflect's re-encoding of what it read.
+                let canonical = view.encode_to_vec();
+                target.decoder.decode(&canonical).expect("canonical bytes decode");
+                let batch = target.decoder.flush().expect("flush");
+                let row = batch_rows(&batch).remove(0);
+                if let Some(d) = first_difference(&row, &oracle_row(view, batch.schema().fields()), "") {
+                    panic!("{d}\nrecord: {canonical:02x?}");
+                }
             }
         }
         (Err(e), _) => {
@@ -84,8 +97,11 @@ fn check(target: &mut Target, record: &[u8]) {
         }
         (Ok(()), Err(_)) => {}
     }
-    if let (Err(e), Ok(_)) = (&ours, &theirs) {
-        // Where prost-reflect is more lenient, it must be one of the documented choices.
+    if let (Err(e), Ok(_), true) = (&ours, &theirs, target.strict) {
+        // Where prost-reflect is more lenient, it must be one of the documented choices. (Not
+        // checked where the recursion limit cuts fields: their bytes are skipped as unknown
+        // fields here but parsed as messages by prost-reflect, so malformed bytes inside them
+        // are judged by different rules.)
         assert!(
             matches!(
                 e.reason,
@@ -106,7 +122,13 @@ fn with_target(which: usize, f: impl FnOnce(&mut Target)) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+    // A fixed seed keeps CI deterministic; the fuzz target in fuzz/ explores without end.
+    #![proptest_config(ProptestConfig {
+        cases: 4000,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_0fda),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_bytes(which in 0usize..4, bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
