@@ -257,6 +257,12 @@ fn measure_interleaved(rounds: usize, records: usize, approaches: &mut [&mut dyn
             samples[i].push(ns / records as f64);
         }
     }
+    if std::env::var("BENCH_SAMPLES").is_ok() {
+        for s in &samples {
+            let v: Vec<String> = s.iter().map(|x| format!("{x:.0}")).collect();
+            eprintln!("samples: {}", v.join(" "));
+        }
+    }
     samples
         .into_iter()
         .map(|mut s| {

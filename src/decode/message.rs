@@ -451,6 +451,10 @@ fn batch_full(r: &Reader<'_>) -> RecordError {
     r.error(Reason::BatchFull, "the batch's variable-length data would pass 2 GiB; flush the batch first")
 }
 
+/// Reads one value of `kind`. Scalars are handled inline (the hot path); messages and
+/// well-known types go through [`read_composite`], kept out of line so the common case carries
+/// no large stack frame.
+#[inline(always)]
 fn read_value(
     kind: &Kind,
     col: &mut Column,
@@ -460,19 +464,8 @@ fn read_value(
     mode: Mode,
     scratch: &mut Scratch,
 ) -> Result<(), RecordError> {
-    let expected = kind.wire_type();
-    if wt != expected {
-        return Err(r.error(
-            Reason::WireTypeMismatch,
-            format!(
-                "wire type {} ({}) cannot carry this {} field (it uses wire type {}, {}); the writer used another schema",
-                wt,
-                wire::wire_type_name(wt),
-                kind.describe(),
-                expected,
-                wire::wire_type_name(expected)
-            ),
-        ));
+    if wt != kind.wire_type() {
+        return Err(wire_type_mismatch(kind, r, wt));
     }
     match kind {
         Kind::Bool => put_bool(col, r.read_varint()? != 0, mode),
@@ -500,6 +493,38 @@ fn read_value(
             let value = r.read_len()?;
             put_bytes(col, value.rest(), mode, r)?;
         }
+        _ => read_composite(kind, col, r, number, mode, scratch)?,
+    }
+    Ok(())
+}
+
+#[cold]
+fn wire_type_mismatch(kind: &Kind, r: &Reader<'_>, wt: u8) -> RecordError {
+    let expected = kind.wire_type();
+    r.error(
+        Reason::WireTypeMismatch,
+        format!(
+            "wire type {} ({}) cannot carry this {} field (it uses wire type {}, {}); the writer used another schema",
+            wt,
+            wire::wire_type_name(wt),
+            kind.describe(),
+            expected,
+            wire::wire_type_name(expected)
+        ),
+    )
+}
+
+/// Enums, messages and well-known types (wire type already checked).
+#[inline(never)]
+fn read_composite(
+    kind: &Kind,
+    col: &mut Column,
+    r: &mut Reader<'_>,
+    number: u32,
+    mode: Mode,
+    scratch: &mut Scratch,
+) -> Result<(), RecordError> {
+    match kind {
         Kind::Enum(table) => {
             let at = *r;
             let number = r.read_varint()? as i32;
@@ -587,6 +612,7 @@ fn read_value(
             })?;
             put_bytes(col, text.as_bytes(), mode, r)?;
         }
+        _ => {}
     }
     Ok(())
 }
