@@ -26,7 +26,11 @@ pub enum Command {
     /// Inspect the table schema a protobuf message maps to.
     #[command(subcommand)]
     Schema(SchemaCommand),
-    /// Decode sample ad-impression events (some invalid) and show what happens to each.
+    /// Ingest archived varint-delimited protobuf files into a Delta table (and its dead-letter
+    /// table). Rerunning over the same files adds nothing.
+    Backfill(BackfillArgs),
+    /// Generate sample ad-impression events (some duplicated, some invalid), ingest them into
+    /// ./lake/ through the real pipeline, and show how to query the result.
     Quickstart(QuickstartArgs),
 }
 
@@ -35,6 +39,58 @@ pub enum SchemaCommand {
     /// Print the Spark-style DDL of the columns the decoder produces for a message (the form
     /// pinned in schemas/<table>/vN.ddl), in Delta storage types.
     Print(SchemaPrintArgs),
+    /// Pin the current descriptor as the table's contract: writes schemas/<table>/v1.ddl, or
+    /// the next version when the descriptor has gained columns.
+    Init(TableArgs),
+    /// Compare the descriptor, the newest pinned contract and the live Delta table; exit 1 with
+    /// a diff (column path, expected vs found) when they disagree.
+    Check(TableArgs),
+}
+
+/// A table of the config file.
+#[derive(Args)]
+pub struct TableArgs {
+    /// The config file.
+    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
+    pub config: PathBuf,
+    /// Table name in the config file.
+    #[arg(long, value_name = "NAME")]
+    pub table: String,
+}
+
+#[derive(Args)]
+pub struct BackfillArgs {
+    /// The config file; with it, --table names a configured table.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A configured table (with --config) or the Delta table's location (ad-hoc).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub table: String,
+    /// Input files: varint length-delimited protobuf records (writeDelimitedTo framing).
+    #[arg(long = "input", value_name = "FILE", required = true, num_args = 1..)]
+    pub inputs: Vec<PathBuf>,
+    /// Ad-hoc: the dead-letter table's location (default: <table>_dlq).
+    #[arg(long, value_name = "PATH")]
+    pub dlq: Option<String>,
+    /// Ad-hoc: the message descriptor.
+    #[arg(long, value_name = "FILE")]
+    pub descriptor_set: Option<PathBuf>,
+    /// Ad-hoc: .proto files instead of a descriptor set.
+    #[arg(long, value_name = "FILE")]
+    pub proto: Vec<PathBuf>,
+    /// Ad-hoc: import paths for --proto.
+    #[arg(short = 'I', long = "include", value_name = "DIR")]
+    pub include: Vec<PathBuf>,
+    /// Ad-hoc: fully-qualified message name.
+    #[arg(long, value_name = "NAME")]
+    pub message: Option<String>,
+    /// Ad-hoc: recursive.fields.max.depth (1..=10).
+    #[arg(long, value_name = "N")]
+    pub recursion_depth: Option<u32>,
+    /// Ad-hoc: event-time field for the event_date partition: a Timestamp field, or an integer
+    /// field with a unit, e.g. `ts_ms:milliseconds`.
+    #[arg(long, value_name = "FIELD[:UNIT]")]
+    pub event_time: Option<String>,
 }
 
 /// Where the message descriptor comes from.
@@ -74,6 +130,9 @@ pub struct QuickstartArgs {
     /// How many sample events to generate.
     #[arg(long, default_value_t = 1000)]
     pub events: usize,
+    /// Folder for the sample input and the tables.
+    #[arg(long, default_value = "lake")]
+    pub lake: PathBuf,
 }
 
 impl DescriptorArgs {

@@ -2,6 +2,17 @@
 //!
 //! * [`decode`]: descriptor-driven protobuf → Arrow decoding.
 //! * [`contract`]: the table's schema contract (Spark DDL) and the Delta storage mapping.
+//! * [`config`]: the configuration file.
+//! * [`source`]: where records come from (archived files, Kafka).
+//! * [`pipeline`]: one table's records → rows and dead letters.
+//! * [`sink`]: Delta tables (data and dead letters).
 
+#[cfg(feature = "delta")]
+pub mod backfill;
+pub mod config;
 pub mod contract;
 pub mod decode;
+pub mod pipeline;
+#[cfg(feature = "delta")]
+pub mod sink;
+pub mod source;

@@ -1,4 +1,5 @@
 mod cli;
+mod commands;
 mod quickstart;
 
 use std::process::ExitCode;
@@ -9,12 +10,24 @@ use cli::{Cli, Command, SchemaCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Schema(SchemaCommand::Print(args)) => cli::schema_print(args),
-        Command::Quickstart(args) => quickstart::run(args),
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Schema(SchemaCommand::Print(args)) => cli::schema_print(args).map(|()| ExitCode::SUCCESS),
+            Command::Schema(SchemaCommand::Init(args)) => commands::schema_init(args),
+            Command::Schema(SchemaCommand::Check(args)) => commands::schema_check(args).await,
+            Command::Backfill(args) => commands::backfill(args).await,
+            Command::Quickstart(args) => quickstart::run(args).await,
+        }
+    });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

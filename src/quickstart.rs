@@ -1,16 +1,20 @@
 //! `protolake quickstart`: a tour that needs nothing installed. It generates sample ad-impression
 //! events from the schema shipped in `proto/` (some duplicated, some broken the ways real
-//! producers break them), runs them through the decoder, and reports what became a row and what
-//! was refused, and why.
+//! producers break them), ingests them through the real backfill pipeline into `./lake/`, and
+//! reports what became a row, what was refused and why, and how to query the tables.
 
-use std::collections::BTreeMap;
-use std::time::Instant;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use prost::Message;
 
+use protolake::backfill::{self, BackfillSpec, NoProgress};
+use protolake::config::{EventTime, FlushPolicy, ParquetOptions};
 use protolake::contract::{delta_schema, to_ddl};
 use protolake::decode::{DecodeOptions, Decoder, Pool};
+use protolake::source::file::write_delimited;
 
 use crate::cli::QuickstartArgs;
 
@@ -112,43 +116,70 @@ fn sample_events(count: usize) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-pub fn run(args: &QuickstartArgs) -> Result<()> {
+pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     let pool = sample_pool().context("the embedded sample schema does not compile")?;
-    let mut decoder = Decoder::new(&pool, MESSAGE, &DecodeOptions::default())?;
+    let decoder = Decoder::new(&pool, MESSAGE, &DecodeOptions::default())?;
+    let lake = args.lake.clone();
+    let input_dir = lake.join("quickstart-input");
+    std::fs::create_dir_all(&input_dir).with_context(|| format!("cannot create {}", input_dir.display()))?;
+    let input = input_dir.join(format!("ad_impressions-{}.pb", args.events));
     let events = sample_events(args.events);
-    println!("protolake quickstart: {} sample {MESSAGE} events (schema: proto/{PROTO_PATH})\n", events.len());
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&input)?);
+    for (_, bytes) in &events {
+        write_delimited(&mut file, bytes)?;
+    }
+    file.flush()?;
+    drop(file);
+
+    println!("protolake quickstart: {} sample {MESSAGE} events", events.len());
+    println!("  schema: proto/{PROTO_PATH}");
+    println!("  input:  {} (varint-delimited, as archived by writeDelimitedTo)\n", input.display());
     println!("Table columns (Delta DDL, as `protolake schema print` shows):");
     for line in to_ddl(&delta_schema(&decoder.schema()))?.lines() {
         println!("  {line}");
     }
 
-    let started = Instant::now();
-    let mut rows = 0usize;
-    let mut refused: BTreeMap<String, (usize, String)> = BTreeMap::new();
-    for (index, (label, bytes)) in events.iter().enumerate() {
-        if let Err(e) = decoder.decode(bytes) {
-            let entry = refused.entry(e.reason.to_string()).or_insert((0, String::new()));
-            entry.0 += 1;
-            if entry.1.is_empty() {
-                entry.1 = format!("record {index} ({label}): {e}");
-            }
-        }
-        if decoder.len() >= 8192 {
-            rows += decoder.flush()?.num_rows();
-        }
+    let location = absolute(&lake.join("ad_impressions"));
+    let dlq_location = absolute(&lake.join("ad_impressions_dlq"));
+    let spec = BackfillSpec {
+        decoder,
+        contract: None,
+        location: location.clone(),
+        dlq_location: dlq_location.clone(),
+        event_time: Some(EventTime { field: "event_time".into(), unit: None }),
+        flush: FlushPolicy::default(),
+        parquet: ParquetOptions::default(),
+        max_record_bytes: 1 << 20,
+        inputs: vec![input],
+    };
+    let report = backfill::run(spec, &NoProgress).await?;
+    println!(
+        "\nIngested {} records in {:.0} ms: {} rows → {location}",
+        report.records,
+        report.elapsed.as_secs_f64() * 1e3,
+        report.rows
+    );
+    println!("{} dead letters → {dlq_location}", report.dead_letters);
+    for (reason, count) in &report.by_reason {
+        println!("  {count:>5} × {reason}");
     }
-    rows += decoder.flush()?.num_rows();
-    let elapsed = started.elapsed();
-
-    println!("\nDecoded {rows} rows in {:.1} ms; refused {} records:", elapsed.as_secs_f64() * 1e3, events.len() - rows);
-    for (reason, (count, example)) in &refused {
-        println!("  {count:>5} × {reason:<20} e.g. {example}");
+    if report.already_committed > 0 {
+        println!(
+            "{} records were already in the table from an earlier run and were not added again.",
+            report.already_committed
+        );
     }
     let duplicates = events.iter().filter(|(l, _)| l == "duplicate").count();
-    println!(
-        "\n{duplicates} events were sent twice; they are ordinary rows here and are removed by key at close-of-books."
-    );
-    println!("Refused records keep their bytes, reason and field path: nothing is dropped silently.");
-    println!("\nTry: protolake schema print --proto proto/{PROTO_PATH} -I proto --message {MESSAGE}");
-    Ok(())
+    println!("\n{duplicates} events were sent twice: both copies are rows here; close-of-books removes them by key.");
+    println!("Every refused record keeps its bytes, reason, field path and file position in the DLQ table.");
+    println!("\nQuery it (pip install polars deltalake):");
+    println!("  python3 -c \"import polars as pl; print(pl.read_delta('{location}').group_by('event_type').len())\"");
+    println!("  python3 -c \"import polars as pl; print(pl.read_delta('{dlq_location}').select('reason','field_path','message'))\"");
+    println!("or DuckDB: SELECT event_date, count(*) FROM delta_scan('{location}') GROUP BY ALL;");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn absolute(path: &Path) -> String {
+    let p = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) };
+    p.display().to_string()
 }

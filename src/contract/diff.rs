@@ -27,20 +27,28 @@ fn describe(c: &Column) -> String {
 /// Every place where `found` differs from `expected` (column order aside).
 pub fn diff(expected: &Contract, found: &Contract) -> Vec<Difference> {
     let mut out = Vec::new();
-    diff_columns(&expected.columns, &found.columns, "", &mut out);
+    diff_columns(&expected.columns, &found.columns, "", true, &mut out);
     out
 }
 
-fn diff_columns(expected: &[Column], found: &[Column], path: &str, out: &mut Vec<Difference>) {
+/// Like [`diff`], but nullability is not compared: a pinned contract may make a column NOT NULL
+/// that the descriptor leaves optional (a record rule, not a schema drift).
+pub fn diff_types(expected: &Contract, found: &Contract) -> Vec<Difference> {
+    let mut out = Vec::new();
+    diff_columns(&expected.columns, &found.columns, "", false, &mut out);
+    out
+}
+
+fn diff_columns(expected: &[Column], found: &[Column], path: &str, nullability: bool, out: &mut Vec<Difference>) {
     for e in expected {
         let p = join(path, &e.name);
         match found.iter().find(|f| f.name == e.name) {
             None => out.push(Difference { path: p, expected: describe(e), found: ABSENT.into() }),
             Some(f) => {
-                if e.nullable != f.nullable {
+                if nullability && e.nullable != f.nullable {
                     out.push(Difference { path: p.clone(), expected: describe(e), found: describe(f) });
                 } else {
-                    diff_types(&e.ty, &f.ty, &p, out);
+                    diff_type(&e.ty, &f.ty, &p, nullability, out);
                 }
             }
         }
@@ -52,16 +60,27 @@ fn diff_columns(expected: &[Column], found: &[Column], path: &str, out: &mut Vec
     }
 }
 
-fn diff_types(expected: &SqlType, found: &SqlType, path: &str, out: &mut Vec<Difference>) {
+fn diff_type(expected: &SqlType, found: &SqlType, path: &str, nullability: bool, out: &mut Vec<Difference>) {
     match (expected, found) {
-        (SqlType::Struct(e), SqlType::Struct(f)) => diff_columns(e, f, path, out),
-        (SqlType::Array(e), SqlType::Array(f)) => diff_types(e, f, &format!("{path}.element"), out),
+        (SqlType::Struct(e), SqlType::Struct(f)) => diff_columns(e, f, path, nullability, out),
+        (SqlType::Array(e), SqlType::Array(f)) => diff_type(e, f, &format!("{path}.element"), nullability, out),
         (SqlType::Map(ek, ev), SqlType::Map(fk, fv)) => {
-            diff_types(ek, fk, &format!("{path}.key"), out);
-            diff_types(ev, fv, &format!("{path}.value"), out);
+            diff_type(ek, fk, &format!("{path}.key"), nullability, out);
+            diff_type(ev, fv, &format!("{path}.value"), nullability, out);
         }
-        (e, f) if e == f => {}
+        (e, f) if e == f || (!nullability && strip_nullability(e) == strip_nullability(f)) => {}
         (e, f) => out.push(Difference { path: path.to_string(), expected: e.to_string(), found: f.to_string() }),
+    }
+}
+
+fn strip_nullability(t: &SqlType) -> SqlType {
+    match t {
+        SqlType::Struct(m) => SqlType::Struct(
+            m.iter().map(|c| Column { name: c.name.clone(), ty: strip_nullability(&c.ty), nullable: true }).collect(),
+        ),
+        SqlType::Array(e) => SqlType::Array(Box::new(strip_nullability(e))),
+        SqlType::Map(k, v) => SqlType::Map(Box::new(strip_nullability(k)), Box::new(strip_nullability(v))),
+        other => other.clone(),
     }
 }
 

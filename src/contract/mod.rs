@@ -5,10 +5,12 @@
 
 mod ddl;
 mod diff;
+mod pinned;
 mod storage;
 
 pub use ddl::{Column, Contract, SqlType};
-pub use diff::{check_evolution, diff, Difference};
+pub use diff::{check_evolution, diff, diff_types, Difference};
+pub use pinned::{PinnedContracts, PinnedError};
 pub use storage::{delta_schema, delta_type, to_delta_batch};
 
 /// Errors about contracts: unreadable DDL, or a type no contract can express.

@@ -1,0 +1,267 @@
+//! Backfill: archived varint-delimited protobuf files → the table and its dead-letter table.
+//!
+//! Exactly-once per file: each commit records, for every file it covers, the index of the last
+//! record it includes (a txn action with app id `protolake-backfill:<path>`). The dead-letter
+//! table is committed first and the data table second, so after a crash the data table never
+//! claims more than the dead-letter table; a rerun skips what the data table holds and does not
+//! repeat dead letters the DLQ already holds.
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+
+use crate::config::{EventTime, FlushPolicy, ParquetOptions};
+use crate::contract::Contract;
+use crate::decode::Decoder;
+use crate::pipeline::{DeadLetter, PipelineError, TablePipeline};
+use crate::sink::{dead_letter_batch, dlq_schema, CommitInfo, SinkError, TableWriter};
+use crate::source::file::{DelimitedReader, Frame};
+use crate::source::Coordinates;
+
+/// Rows decoded between two hand-overs to the Parquet writer.
+const DECODE_BATCH: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("cannot read {path}: {source}")]
+    Input { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("building a batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// Everything a backfill needs, resolved.
+pub struct BackfillSpec {
+    pub decoder: Decoder,
+    /// The pinned contract and its version; None in ad-hoc mode.
+    pub contract: Option<(u32, Contract)>,
+    pub location: String,
+    pub dlq_location: String,
+    pub event_time: Option<EventTime>,
+    pub flush: FlushPolicy,
+    pub parquet: ParquetOptions,
+    pub max_record_bytes: usize,
+    pub inputs: Vec<PathBuf>,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone)]
+pub struct BackfillReport {
+    pub files: usize,
+    pub records: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    /// Records skipped because an earlier run committed them.
+    pub already_committed: u64,
+    pub commits: u64,
+    pub bytes_read: u64,
+    pub elapsed: Duration,
+    pub table_version: Option<u64>,
+}
+
+/// Progress callbacks (a terminal progress bar, or nothing).
+pub trait Progress {
+    fn start(&self, total_bytes: u64);
+    fn advance(&self, bytes: u64, records: u64);
+    fn finish(&self);
+}
+
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: u64) {}
+    fn advance(&self, _: u64, _: u64) {}
+    fn finish(&self) {}
+}
+
+pub fn app_id(path: &str) -> String {
+    format!("protolake-backfill:{path}")
+}
+
+struct Run {
+    pipeline: TablePipeline,
+    data: TableWriter,
+    dlq: TableWriter,
+    contract_version: String,
+    flush: FlushPolicy,
+    /// Last record index decoded per source, not yet committed.
+    positions: BTreeMap<String, i64>,
+    /// Per source: dead letters with an index at or below this are already in the DLQ.
+    dlq_done: BTreeMap<String, i64>,
+    rows_since_commit: u64,
+    dead_since_commit: Vec<DeadLetter>,
+    max_record_bytes: usize,
+    report: BackfillReport,
+}
+
+pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<BackfillReport, BackfillError> {
+    let started = Instant::now();
+    let contract_version = spec.contract.as_ref().map_or("adhoc".to_string(), |(v, _)| format!("v{v}"));
+    let pipeline = TablePipeline::new(
+        spec.decoder,
+        spec.contract.as_ref().map(|(_, c)| c),
+        spec.event_time.as_ref(),
+        spec.max_record_bytes,
+    )?;
+    let properties: std::collections::HashMap<String, String> =
+        [("protolake.contractVersion".to_string(), contract_version.clone())].into();
+    let data = TableWriter::open_or_create(
+        &spec.location,
+        pipeline.table_schema(),
+        pipeline.partition_columns(),
+        properties.clone(),
+        &spec.parquet,
+        spec.flush.target_file_size,
+    )
+    .await?;
+    let dlq = TableWriter::open_or_create(&spec.dlq_location, dlq_schema(), Vec::new(), properties, &spec.parquet, spec.flush.target_file_size)
+        .await?;
+    let mut run = Run {
+        pipeline,
+        data,
+        dlq,
+        contract_version,
+        flush: spec.flush,
+        positions: BTreeMap::new(),
+        dlq_done: BTreeMap::new(),
+        rows_since_commit: 0,
+        dead_since_commit: Vec::new(),
+        max_record_bytes: spec.max_record_bytes,
+        report: BackfillReport::default(),
+    };
+    let total: u64 = spec.inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    progress.start(total);
+    for path in &spec.inputs {
+        run.file(path, progress).await?;
+    }
+    run.commit().await?;
+    progress.finish();
+    run.report.elapsed = started.elapsed();
+    run.report.table_version = run.data.version();
+    Ok(run.report)
+}
+
+impl Run {
+    async fn file(&mut self, path: &PathBuf, progress: &dyn Progress) -> Result<(), BackfillError> {
+        let input_err = |source| BackfillError::Input { path: path.clone(), source };
+        let file = std::fs::File::open(path).map_err(input_err)?;
+        let name = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string();
+        let id = app_id(&name);
+        let data_done = self.data.committed_position(&id).await?.unwrap_or(-1);
+        let dlq_done = self.dlq.committed_position(&id).await?.unwrap_or(-1);
+        self.dlq_done.insert(id.clone(), dlq_done);
+        self.report.files += 1;
+        let mut reader = DelimitedReader::new(BufReader::with_capacity(1 << 20, file), self.max_record_bytes);
+        let mut last_progress = 0u64;
+        loop {
+            let frame = reader.next_frame().map_err(input_err)?;
+            let Some((index, frame)) = frame else { break };
+            let index = index as i64;
+            if index <= data_done {
+                self.report.already_committed += 1;
+                continue;
+            }
+            self.report.records += 1;
+            let coordinates = Coordinates::File { path: name.clone(), index: index as u64 };
+            match frame {
+                Frame::Record(bytes) => self.pipeline.push(bytes, coordinates),
+                Frame::Oversized { len } => self.pipeline.dead_letter_oversized(len, None, coordinates),
+                Frame::Truncated { expected, partial } => self.pipeline.dead_letter(DeadLetter {
+                    message: match expected {
+                        Some(len) => format!("the file ends {} bytes into a {len}-byte record", partial.len()),
+                        None => "the file ends inside a record's length prefix".to_string(),
+                    },
+                    raw: partial,
+                    reason: "truncated".into(),
+                    field_path: String::new(),
+                    coordinates,
+                }),
+            }
+            self.positions.insert(id.clone(), index);
+            if self.pipeline.pending() >= DECODE_BATCH {
+                self.hand_over().await?;
+                let read = reader.bytes_read();
+                progress.advance(read - last_progress, self.report.records);
+                last_progress = read;
+                if self.rows_since_commit >= self.flush.max_rows as u64
+                    || self.data.buffered_bytes() as u64 >= self.flush.max_bytes
+                {
+                    self.commit().await?;
+                }
+            }
+        }
+        let read = reader.bytes_read();
+        progress.advance(read - last_progress, self.report.records);
+        self.report.bytes_read += read;
+        Ok(())
+    }
+
+    /// Moves the decoded rows into Parquet files and the dead letters aside (nothing visible).
+    async fn hand_over(&mut self) -> Result<(), BackfillError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let (batch, dead) = self.pipeline.take(now)?;
+        if let Some(batch) = batch {
+            self.rows_since_commit += batch.num_rows() as u64;
+            self.report.rows += batch.num_rows() as u64;
+            self.data.write(batch).await?;
+        }
+        for letter in dead {
+            *self.report.by_reason.entry(letter.reason.clone()).or_default() += 1;
+            self.report.dead_letters += 1;
+            self.dead_since_commit.push(letter);
+        }
+        Ok(())
+    }
+
+    /// Commits the dead letters, then the rows, each with the positions they cover.
+    async fn commit(&mut self) -> Result<(), BackfillError> {
+        self.hand_over().await?;
+        if self.positions.is_empty() {
+            return Ok(());
+        }
+        let positions: Vec<(String, i64)> = self.positions.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let dead = std::mem::take(&mut self.dead_since_commit);
+        let fresh: Vec<DeadLetter> = dead
+            .into_iter()
+            .filter(|l| match &l.coordinates {
+                Coordinates::File { path, index } => {
+                    *index as i64 > self.dlq_done.get(&app_id(path)).copied().unwrap_or(-1)
+                }
+                Coordinates::Kafka { .. } => true,
+            })
+            .collect();
+        let now = chrono::Utc::now().timestamp_micros();
+        if !fresh.is_empty() {
+            self.dlq.write(dead_letter_batch(&fresh, &self.contract_version, now)?).await?;
+        }
+        let info = CommitInfo {
+            contract_version: self.contract_version.clone(),
+            operation: "backfill".into(),
+            rows: 0,
+            dead_letters: fresh.len() as u64,
+        };
+        self.dlq.commit(positions.clone(), &info).await?;
+        for (id, index) in &positions {
+            self.dlq_done.insert(id.clone(), *index);
+        }
+        let info = CommitInfo { rows: self.rows_since_commit, dead_letters: 0, ..info };
+        self.data.commit(positions, &info).await?;
+        self.report.commits += 1;
+        self.rows_since_commit = 0;
+        self.positions.clear();
+        Ok(())
+    }
+}
+
+/// The table schema a backfill of `decoder` would write (for `schema check` and tests).
+pub fn table_schema(decoder: Decoder, contract: Option<&Contract>, event_time: Option<&EventTime>) -> Result<SchemaRef, PipelineError> {
+    Ok(TablePipeline::new(decoder, contract, event_time, usize::MAX)?.table_schema())
+}
+

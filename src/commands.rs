@@ -1,0 +1,300 @@
+//! The commands that read tables and configs: `backfill`, `schema init`, `schema check`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use protolake::backfill::{self, BackfillSpec, Progress};
+use protolake::config::{Config, DescriptorSource, EventTime, FlushPolicy, ParquetOptions, TableConfig, TimeUnit};
+use protolake::contract::{delta_schema, diff, diff_types, Contract, PinnedContracts};
+use protolake::decode::{DecodeOptions, Decoder, Pool};
+
+use crate::cli::{compile_protos, BackfillArgs, TableArgs};
+
+/// Builds the decoder of a configured table.
+pub fn table_decoder(table: &TableConfig) -> Result<Decoder> {
+    let pool = match &table.descriptor {
+        DescriptorSource::DescriptorSet(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("table {}: cannot read descriptor set {}", table.name, path.display()))?;
+            Pool::decode(&bytes)?
+        }
+        DescriptorSource::Protos { files, includes } => compile_protos(files, includes)?,
+    };
+    let options = DecodeOptions { recursion_depth: table.recursion_depth };
+    Decoder::new(&pool, &table.message, &options).with_context(|| format!("table {}", table.name))
+}
+
+/// The contract a descriptor implies, in Delta storage types.
+fn derived_contract(decoder: &Decoder) -> Result<Contract> {
+    Ok(Contract::from_arrow(&delta_schema(&decoder.schema()))?)
+}
+
+/// The newest pinned contract of a table, after checking the descriptor agrees with it.
+/// None: no pinned version (ad-hoc mode).
+pub fn pinned_contract(table: &TableConfig, decoder: &Decoder) -> Result<Option<(u32, Contract)>> {
+    let Some(dir) = &table.contract_dir else { return Ok(None) };
+    let pinned = PinnedContracts::load(dir)?;
+    let Some((version, contract)) = pinned.newest().cloned() else { return Ok(None) };
+    let differences = diff_types(&contract, &derived_contract(decoder)?);
+    if !differences.is_empty() {
+        bail!(
+            "table {}: the descriptor of {} no longer matches the pinned contract {}:\n{}\n\
+             If the change is intended and only adds nullable columns, pin it with \
+             `protolake schema init --table {}`; otherwise fix the .proto.",
+            table.name,
+            table.message,
+            pinned.path_of(version).display(),
+            differences.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"),
+            table.name
+        );
+    }
+    Ok(Some((version, contract)))
+}
+
+pub fn schema_init(args: &TableArgs) -> Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let table = config.table(&args.table)?;
+    let Some(dir) = &table.contract_dir else {
+        bail!("table {} has contract_dir = \"\" (ad-hoc); set a folder to pin contracts in", table.name)
+    };
+    let decoder = table_decoder(table)?;
+    let derived = derived_contract(&decoder)?;
+    let pinned = PinnedContracts::load(dir)?;
+    let next = match pinned.newest() {
+        None => 1,
+        Some((v, current)) => {
+            if diff_types(current, &derived).is_empty() {
+                println!("{} already matches the descriptor; nothing to pin.", pinned.path_of(*v).display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Keep the NOT NULLs the team added to the pinned version.
+            if let Err(reasons) = protolake::contract::check_evolution(current, &merge_nullability(current, &derived)) {
+                bail!(
+                    "the descriptor is not an additive evolution of {}:\n{}",
+                    pinned.path_of(*v).display(),
+                    reasons.iter().map(|r| format!("  {r}")).collect::<Vec<_>>().join("\n")
+                );
+            }
+            v + 1
+        }
+    };
+    let contract = match pinned.newest() {
+        Some((_, current)) => merge_nullability(current, &derived),
+        None => derived,
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = pinned.path_of(next);
+    std::fs::write(&path, contract.to_ddl()).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {} ({} columns); commit it with the .proto change.", path.display(), contract.columns.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `derived` with the NOT NULLs of `pinned` kept on the columns both have.
+fn merge_nullability(pinned: &Contract, derived: &Contract) -> Contract {
+    fn merge(p: &[protolake::contract::Column], d: &[protolake::contract::Column]) -> Vec<protolake::contract::Column> {
+        use protolake::contract::SqlType;
+        d.iter()
+            .map(|dc| match p.iter().find(|pc| pc.name == dc.name) {
+                Some(pc) => {
+                    let ty = match (&pc.ty, &dc.ty) {
+                        (SqlType::Struct(pm), SqlType::Struct(dm)) => SqlType::Struct(merge(pm, dm)),
+                        (_, t) => t.clone(),
+                    };
+                    protolake::contract::Column { name: dc.name.clone(), ty, nullable: pc.nullable && dc.nullable }
+                }
+                None => dc.clone(),
+            })
+            .collect()
+    }
+    Contract { columns: merge(&pinned.columns, &derived.columns) }
+}
+
+pub async fn schema_check(args: &TableArgs) -> Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    let table = config.table(&args.table)?;
+    let decoder = table_decoder(table)?;
+    let Some(dir) = &table.contract_dir else {
+        println!("table {}: ad-hoc (no contract_dir); nothing to check", table.name);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let pinned = PinnedContracts::load(dir)?;
+    let Some((version, contract)) = pinned.newest().cloned() else {
+        eprintln!(
+            "table {}: no contract pinned in {}; run `protolake schema init --config {} --table {}`",
+            table.name,
+            dir.display(),
+            args.config.display(),
+            table.name
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut ok = true;
+    let derived = derived_contract(&decoder)?;
+    let differences = diff_types(&contract, &derived);
+    if differences.is_empty() {
+        println!("descriptor {} matches {}", table.message, pinned.path_of(version).display());
+    } else {
+        ok = false;
+        println!("descriptor {} differs from {}:", table.message, pinned.path_of(version).display());
+        for d in &differences {
+            println!("  {d}");
+        }
+    }
+    match live_payload(&table.location).await? {
+        None => println!("table {} does not exist yet at {}", table.name, table.location),
+        Some(live) => {
+            let differences = diff(&contract, &live);
+            if differences.is_empty() {
+                println!("live table {} matches v{version}", table.location);
+            } else {
+                ok = false;
+                println!("live table {} differs from v{version}:", table.location);
+                for d in &differences {
+                    println!("  {d}");
+                }
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The payload columns of a live table (metadata columns and event_date left out).
+async fn live_payload(location: &str) -> Result<Option<Contract>> {
+    let Some(schema) = protolake::sink::table_schema_at(location).await? else { return Ok(None) };
+    let payload: Vec<_> = schema
+        .fields()
+        .iter()
+        .filter(|f| !f.name().starts_with("_source_") && f.name() != protolake::pipeline::INGESTED_AT && f.name() != protolake::pipeline::EVENT_DATE)
+        .cloned()
+        .collect();
+    Ok(Some(Contract::from_arrow(&arrow::datatypes::Schema::new(payload))?))
+}
+
+fn parse_event_time(text: &str) -> Result<EventTime> {
+    let (field, unit) = match text.split_once(':') {
+        None => (text, None),
+        Some((f, u)) => {
+            let unit = match u {
+                "s" | "seconds" => TimeUnit::Seconds,
+                "ms" | "milliseconds" => TimeUnit::Milliseconds,
+                "us" | "microseconds" => TimeUnit::Microseconds,
+                "ns" | "nanoseconds" => TimeUnit::Nanoseconds,
+                other => bail!("--event-time unit {other:?}: use seconds, milliseconds, microseconds or nanoseconds"),
+            };
+            (f, Some(unit))
+        }
+    };
+    Ok(EventTime { field: field.to_string(), unit })
+}
+
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    fn start(&self, total_bytes: u64) {
+        self.0.set_length(total_bytes);
+    }
+    fn advance(&self, bytes: u64, records: u64) {
+        self.0.inc(bytes);
+        self.0.set_message(format!("{records} records"));
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
+    let spec = match &args.config {
+        Some(path) => {
+            for (flag, given) in [
+                ("--descriptor-set", args.descriptor_set.is_some()),
+                ("--proto", !args.proto.is_empty()),
+                ("--message", args.message.is_some()),
+                ("--dlq", args.dlq.is_some()),
+                ("--recursion-depth", args.recursion_depth.is_some()),
+                ("--event-time", args.event_time.is_some()),
+            ] {
+                if given {
+                    bail!("{flag} is set in the config file when --config is used; remove it from the command line");
+                }
+            }
+            let config = Config::load(path)?;
+            let table = config.table(&args.table)?;
+            let decoder = table_decoder(table)?;
+            let contract = pinned_contract(table, &decoder)?;
+            if contract.is_none() {
+                eprintln!("note: table {} has no pinned contract; writing the descriptor's schema (ad-hoc)", table.name);
+            }
+            BackfillSpec {
+                decoder,
+                contract,
+                location: table.location.clone(),
+                dlq_location: table.dlq_location.clone(),
+                event_time: table.event_time.clone(),
+                flush: table.flush.clone(),
+                parquet: table.parquet.clone(),
+                max_record_bytes: table.max_record_bytes,
+                inputs: args.inputs.clone(),
+            }
+        }
+        None => {
+            let Some(message) = &args.message else {
+                bail!("ad-hoc backfill needs --message (or use --config with a table)")
+            };
+            let pool = match &args.descriptor_set {
+                Some(p) => Pool::decode(&std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)?,
+                None => compile_protos(&args.proto, &args.include)?,
+            };
+            let decoder = Decoder::new(&pool, message, &DecodeOptions { recursion_depth: args.recursion_depth })?;
+            let location = absolute(&args.table);
+            BackfillSpec {
+                decoder,
+                contract: None,
+                dlq_location: args.dlq.clone().map_or_else(|| format!("{}_dlq", location.trim_end_matches('/')), |d| absolute(&d)),
+                location,
+                event_time: args.event_time.as_deref().map(parse_event_time).transpose()?,
+                flush: FlushPolicy::default(),
+                parquet: ParquetOptions::default(),
+                max_record_bytes: 16 << 20,
+                inputs: args.inputs.clone(),
+            }
+        }
+    };
+    for input in &spec.inputs {
+        if !input.is_file() {
+            bail!("input {} is not a readable file", input.display());
+        }
+    }
+    let (location, dlq_location) = (spec.location.clone(), spec.dlq_location.clone());
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg} [{elapsed_precise}, eta {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = backfill::run(spec, &Bar(bar)).await?;
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "backfill: {} records from {} file(s) in {:.1}s ({:.0} records/s, {:.1} MB/s)",
+        report.records,
+        report.files,
+        secs,
+        report.records as f64 / secs,
+        report.bytes_read as f64 / secs / 1e6
+    );
+    println!("  {} rows → {location} (version {})", report.rows, report.table_version.map_or("-".into(), |v| v.to_string()));
+    println!("  {} dead letters → {dlq_location}", report.dead_letters);
+    for (reason, count) in &report.by_reason {
+        println!("    {count:>8} × {reason}");
+    }
+    if report.already_committed > 0 {
+        println!("  {} records skipped: committed by an earlier run", report.already_committed);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn absolute(location: &str) -> String {
+    if location.contains("://") || Path::new(location).is_absolute() {
+        return location.to_string();
+    }
+    std::env::current_dir().map(|d| d.join(location)).unwrap_or_else(|_| PathBuf::from(location)).display().to_string()
+}

@@ -1,0 +1,517 @@
+//! The configuration file (`protolake.toml`): raw TOML → validated [`Config`].
+//!
+//! Every key is documented in `docs/config.md`; unknown keys are refused (a typo must not
+//! silently fall back to a default). Environment variables override the file:
+//! `PROTOLAKE__TABLES__EVENTS__LOCATION=s3://…` sets `tables.events.location` (path segments
+//! separated by `__`, lower-cased; values parsed as TOML when they parse, else taken as strings).
+//! Validation happens here, before any file or network is touched; each rejected combination
+//! has a test with the message the user reads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors that stop a run before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: table {table:?} is not defined; defined tables: {known}")]
+    UnknownTable { path: String, table: String, known: String },
+    #[error("table {table}: {message}")]
+    Invalid { table: String, message: String },
+}
+
+/// Where a table's message descriptor comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DescriptorSource {
+    /// An encoded `FileDescriptorSet` (`buf build -o`, `protoc --descriptor_set_out`).
+    DescriptorSet(PathBuf),
+    /// `.proto` files compiled at start-up, with import paths.
+    Protos { files: Vec<PathBuf>, includes: Vec<PathBuf> },
+}
+
+/// Unit of an integer event-time field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    Seconds,
+    Milliseconds,
+    Microseconds,
+    Nanoseconds,
+}
+
+impl TimeUnit {
+    /// Multiplier/divisor to microseconds.
+    pub fn to_micros(self, value: i64) -> Option<i64> {
+        match self {
+            TimeUnit::Seconds => value.checked_mul(1_000_000),
+            TimeUnit::Milliseconds => value.checked_mul(1_000),
+            TimeUnit::Microseconds => Some(value),
+            TimeUnit::Nanoseconds => Some(value.div_euclid(1_000)),
+        }
+    }
+}
+
+/// The event-time field that gives each row its `event_date` partition.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTime {
+    /// Top-level field name or dotted path into structs (`header.sent_at`).
+    pub field: String,
+    /// Required for integer fields; must be absent for Timestamp fields.
+    pub unit: Option<TimeUnit>,
+}
+
+/// When a batch of rows becomes files and a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushPolicy {
+    pub max_rows: usize,
+    pub max_bytes: u64,
+    pub max_latency: Duration,
+    pub target_file_size: u64,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        FlushPolicy {
+            max_rows: 2_000_000,
+            max_bytes: 256 * 1024 * 1024,
+            max_latency: Duration::from_secs(60),
+            target_file_size: 128 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParquetOptions {
+    /// zstd level (1..=22).
+    pub zstd_level: i32,
+    pub row_group_rows: usize,
+}
+
+impl Default for ParquetOptions {
+    fn default() -> Self {
+        ParquetOptions { zstd_level: 1, row_group_rows: 1_048_576 }
+    }
+}
+
+/// One validated table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableConfig {
+    pub name: String,
+    pub descriptor: DescriptorSource,
+    pub message: String,
+    pub recursion_depth: Option<u32>,
+    /// `schemas/<table>` by default; None when `contract_dir` is set to "" (ad-hoc mode).
+    pub contract_dir: Option<PathBuf>,
+    pub location: String,
+    pub dlq_location: String,
+    pub event_time: Option<EventTime>,
+    pub key: Vec<String>,
+    pub flush: FlushPolicy,
+    pub parquet: ParquetOptions,
+    /// Records larger than this are dead letters, not allocations.
+    pub max_record_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file the config came from (paths in it are relative to its folder).
+    pub source: String,
+    pub tables: BTreeMap<String, TableConfig>,
+}
+
+// --- raw form ---------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    tables: BTreeMap<String, RawTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    descriptor_set: Option<PathBuf>,
+    #[serde(default)]
+    proto: Vec<PathBuf>,
+    #[serde(default)]
+    include: Vec<PathBuf>,
+    message: String,
+    recursion_depth: Option<u32>,
+    contract_dir: Option<PathBuf>,
+    location: String,
+    dlq_location: Option<String>,
+    event_time: Option<EventTime>,
+    #[serde(default)]
+    key: Vec<String>,
+    #[serde(default)]
+    flush: RawFlush,
+    #[serde(default)]
+    parquet: RawParquet,
+    max_record_bytes: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlush {
+    max_rows: Option<usize>,
+    max_bytes: Option<ByteSize>,
+    max_latency: Option<HumanDuration>,
+    target_file_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParquet {
+    zstd_level: Option<i32>,
+    row_group_rows: Option<usize>,
+}
+
+/// A size: an integer of bytes or a string like "128MiB", "1.5 GB", "512k".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Int(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Int(n) => Ok(ByteSize(n)),
+            Either::Text(t) => parse_bytes(&t).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a size (try 128MiB or 1000000)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {text:?} (use B, KB, KiB, MB, MiB, GB, GiB)")),
+    };
+    Ok((value * mult as f64) as u64)
+}
+
+/// A duration: integer seconds or a string like "30s", "5m", "250ms", "1h".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Int(u64),
+            Text(String),
+        }
+        match Either::deserialize(d)? {
+            Either::Int(n) => Ok(HumanDuration(Duration::from_secs(n))),
+            Either::Text(t) => parse_duration(&t).map(HumanDuration).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration (try 30s, 5m, 250ms)"))?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+// --- loading ----------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads, overrides from the environment, and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_str_with_env(&text, &path.display().to_string(), base, std::env::vars())
+    }
+
+    /// Parses config text; `base` resolves relative paths; `env` supplies `PROTOLAKE__*` overrides.
+    pub fn from_str_with_env(
+        text: &str,
+        source: &str,
+        base: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: source.into(), message: e.to_string() })?;
+        for (key, raw) in env {
+            let Some(rest) = key.strip_prefix("PROTOLAKE__") else { continue };
+            let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            apply_override(&mut value, &segments, &raw)
+                .map_err(|message| ConfigError::Parse { path: format!("environment variable {key}"), message })?;
+        }
+        let raw: RawConfig = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: source.into(), message: e.to_string() })?;
+        let mut tables = BTreeMap::new();
+        for (name, t) in raw.tables {
+            let table = validate_table(&name, t, base)?;
+            tables.insert(name, table);
+        }
+        Ok(Config { source: source.into(), tables })
+    }
+
+    pub fn table(&self, name: &str) -> Result<&TableConfig, ConfigError> {
+        self.tables.get(name).ok_or_else(|| ConfigError::UnknownTable {
+            path: self.source.clone(),
+            table: name.into(),
+            known: if self.tables.is_empty() {
+                "none".into()
+            } else {
+                self.tables.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })
+    }
+}
+
+fn apply_override(table: &mut toml::Table, segments: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = segments.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for seg in parents {
+        let entry = current.entry(seg.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("{seg} is not a table, so it has no keys to set")),
+        };
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    current.insert(last.clone(), parsed);
+    Ok(())
+}
+
+fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { table: name.into(), message };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(invalid("table names may use letters, digits, '_' and '-' only".into()));
+    }
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let descriptor = match (t.descriptor_set, t.proto.is_empty()) {
+        (Some(_), false) => return Err(invalid("set descriptor_set or proto, not both".into())),
+        (None, true) => {
+            return Err(invalid(
+                "no schema: set descriptor_set = \"x.binpb\" (from `buf build -o x.binpb`) or proto = [\"x.proto\"]".into(),
+            ))
+        }
+        (Some(ds), true) => DescriptorSource::DescriptorSet(resolve(&ds)),
+        (None, false) => DescriptorSource::Protos {
+            files: t.proto.iter().map(|p| resolve(p)).collect(),
+            includes: t.include.iter().map(|p| resolve(p)).collect(),
+        },
+    };
+    if !t.include.is_empty() && matches!(descriptor, DescriptorSource::DescriptorSet(_)) {
+        return Err(invalid("include only applies to proto files".into()));
+    }
+    if let Some(d) = t.recursion_depth {
+        if !(1..=10).contains(&d) {
+            return Err(invalid(format!("recursion_depth must be between 1 and 10, got {d}")));
+        }
+    }
+    if t.location.trim().is_empty() {
+        return Err(invalid("location is empty".into()));
+    }
+    let location = resolve_location(&t.location, base);
+    let dlq_location = match t.dlq_location {
+        Some(l) if l.trim().is_empty() => return Err(invalid("dlq_location is empty".into())),
+        Some(l) => resolve_location(&l, base),
+        None => format!("{}_dlq", location.trim_end_matches('/')),
+    };
+    if dlq_location == location {
+        return Err(invalid("dlq_location must differ from location".into()));
+    }
+    let contract_dir = match t.contract_dir {
+        Some(d) if d.as_os_str().is_empty() => None,
+        Some(d) => Some(resolve(&d)),
+        None => Some(base.join("schemas").join(name)),
+    };
+    let defaults = FlushPolicy::default();
+    let flush = FlushPolicy {
+        max_rows: t.flush.max_rows.unwrap_or(defaults.max_rows),
+        max_bytes: t.flush.max_bytes.map_or(defaults.max_bytes, |b| b.0),
+        max_latency: t.flush.max_latency.map_or(defaults.max_latency, |d| d.0),
+        target_file_size: t.flush.target_file_size.map_or(defaults.target_file_size, |b| b.0),
+    };
+    if flush.max_rows == 0 || flush.max_bytes == 0 {
+        return Err(invalid("flush.max_rows and flush.max_bytes must be positive".into()));
+    }
+    if flush.target_file_size < 1024 * 1024 {
+        return Err(invalid(format!(
+            "flush.target_file_size of {} bytes would write tiny files; use at least 1MiB",
+            flush.target_file_size
+        )));
+    }
+    let parquet_defaults = ParquetOptions::default();
+    let parquet = ParquetOptions {
+        zstd_level: t.parquet.zstd_level.unwrap_or(parquet_defaults.zstd_level),
+        row_group_rows: t.parquet.row_group_rows.unwrap_or(parquet_defaults.row_group_rows),
+    };
+    if !(1..=22).contains(&parquet.zstd_level) {
+        return Err(invalid(format!("parquet.zstd_level must be between 1 and 22, got {}", parquet.zstd_level)));
+    }
+    if parquet.row_group_rows == 0 {
+        return Err(invalid("parquet.row_group_rows must be positive".into()));
+    }
+    if let Some(et) = &t.event_time {
+        if et.field.trim().is_empty() {
+            return Err(invalid("event_time.field is empty".into()));
+        }
+    }
+    let max_record_bytes = t.max_record_bytes.map_or(16 * 1024 * 1024, |b| b.0);
+    let max_record_bytes = usize::try_from(max_record_bytes).map_err(|_| invalid("max_record_bytes is too large".into()))?;
+    Ok(TableConfig {
+        name: name.into(),
+        descriptor,
+        message: t.message,
+        recursion_depth: t.recursion_depth,
+        contract_dir,
+        location,
+        dlq_location,
+        event_time: t.event_time,
+        key: t.key,
+        flush,
+        parquet,
+        max_record_bytes,
+    })
+}
+
+/// A URL (`s3://…`, `file:///…`) is kept; a plain path becomes absolute.
+fn resolve_location(location: &str, base: &Path) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let p = Path::new(location);
+    let p = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [tables.events]
+        proto = ["proto/events.proto"]
+        include = ["proto"]
+        message = "acme.Event"
+        location = "lake/events"
+        event_time = { field = "ts_ms", unit = "milliseconds" }
+        key = ["id"]
+        flush = { max_rows = 1000, max_bytes = "64MiB", max_latency = "5s", target_file_size = "32MiB" }
+        parquet = { zstd_level = 3 }
+    "#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_with_env(text, "protolake.toml", Path::new("/etc/pl"), Vec::new())
+    }
+
+    fn load_err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_complete_table() {
+        let c = load(GOOD).unwrap();
+        let t = c.table("events").unwrap();
+        assert_eq!(t.location, "/etc/pl/lake/events");
+        assert_eq!(t.dlq_location, "/etc/pl/lake/events_dlq");
+        assert_eq!(t.contract_dir.as_deref(), Some(Path::new("/etc/pl/schemas/events")));
+        assert_eq!(t.flush.max_bytes, 64 << 20);
+        assert_eq!(t.flush.max_latency, Duration::from_secs(5));
+        assert_eq!(t.parquet.zstd_level, 3);
+        assert_eq!(
+            t.descriptor,
+            DescriptorSource::Protos { files: vec!["/etc/pl/proto/events.proto".into()], includes: vec!["/etc/pl/proto".into()] }
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = load_err(&GOOD.replace("key = [\"id\"]", "keys = [\"id\"]"));
+        assert!(e.contains("unknown field `keys`"), "{e}");
+        let e = load_err(&GOOD.replace("zstd_level = 3", "zstd = 3"));
+        assert!(e.contains("unknown field `zstd`"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = vec![
+            ("PROTOLAKE__TABLES__EVENTS__LOCATION".to_string(), "s3://bucket/events".to_string()),
+            ("PROTOLAKE__TABLES__EVENTS__FLUSH__MAX_ROWS".to_string(), "5".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::from_str_with_env(GOOD, "protolake.toml", Path::new("/etc/pl"), env).unwrap();
+        let t = c.table("events").unwrap();
+        assert_eq!(t.location, "s3://bucket/events");
+        assert_eq!(t.flush.max_rows, 5);
+        let env = vec![("PROTOLAKE__TABLES__EVENTS__LOCATON".to_string(), "x".to_string())];
+        let e = Config::from_str_with_env(GOOD, "protolake.toml", Path::new("/"), env).unwrap_err().to_string();
+        assert!(e.contains("unknown field `locaton`"), "{e}");
+    }
+
+    #[test]
+    fn rejected_combinations_say_why() {
+        let cases = [
+            (GOOD.replace("proto = [\"proto/events.proto\"]", "proto = [\"a.proto\"]\ndescriptor_set = \"x.binpb\""), "set descriptor_set or proto, not both"),
+            (GOOD.replace("proto = [\"proto/events.proto\"]\n        include = [\"proto\"]", ""), "no schema: set descriptor_set"),
+            (GOOD.replace("zstd_level = 3", "zstd_level = 30"), "parquet.zstd_level must be between 1 and 22, got 30"),
+            (GOOD.replace("target_file_size = \"32MiB\"", "target_file_size = 100"), "would write tiny files"),
+            (GOOD.replace("max_rows = 1000", "max_rows = 0"), "flush.max_rows and flush.max_bytes must be positive"),
+            (GOOD.replace("max_bytes = \"64MiB\"", "max_bytes = \"64 parsecs\""), "unknown size unit"),
+            (GOOD.replace("max_latency = \"5s\"", "max_latency = \"5 fortnights\""), "unknown duration unit"),
+            (format!("{GOOD}\nrecursion_depth = 11"), "recursion_depth must be between 1 and 10, got 11"),
+            (format!("{GOOD}\ndlq_location = \"lake/events\""), "dlq_location must differ from location"),
+            (GOOD.replace("[tables.events]", "[tables.\"my events\"]"), "table names may use"),
+            (GOOD.replace("unit = \"milliseconds\"", "unit = \"fortnights\""), "unknown variant `fortnights`"),
+        ];
+        for (text, expected) in cases {
+            let e = load_err(&text);
+            assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_table_lists_the_known_ones() {
+        let e = load(GOOD).unwrap().table("evnts").unwrap_err().to_string();
+        assert!(e.contains("table \"evnts\" is not defined; defined tables: events"), "{e}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("1.5 GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("512k").unwrap(), 512_000);
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+    }
+}

@@ -1,0 +1,203 @@
+//! A Delta table being appended to: Parquet files are written as batches arrive (zstd, column
+//! statistics, a target file size) and become visible only with [`TableWriter::commit`], which
+//! adds them in one Delta commit together with the source positions they cover.
+
+use std::collections::HashMap;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::config::ParquetOptions;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("table location {location:?}: {message}")]
+    Location { location: String, message: String },
+    #[error("Delta table {location}: {source}")]
+    Delta { location: String, source: DeltaTableError },
+    #[error("Delta table {location}: schema {message}")]
+    Schema { location: String, message: String },
+}
+
+/// What a commit records besides its files: table-level facts for `commitInfo`.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    pub contract_version: String,
+    /// e.g. "backfill", "ingest".
+    pub operation: String,
+    pub rows: u64,
+    pub dead_letters: u64,
+}
+
+pub struct TableWriter {
+    location: String,
+    table: DeltaTable,
+    writer: RecordBatchWriter,
+    schema: SchemaRef,
+    rows_written: u64,
+}
+
+fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
+    let level = ZstdLevel::try_new(options.zstd_level).unwrap_or_default();
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(options.row_group_rows))
+        .set_created_by(format!("protolake {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl TableWriter {
+    /// Opens the table at `location`, creating it with `schema` and `partition_columns` if it
+    /// does not exist. An existing table must have exactly this schema.
+    pub async fn open_or_create(
+        location: &str,
+        schema: SchemaRef,
+        partition_columns: Vec<String>,
+        properties: HashMap<String, String>,
+        parquet: &ParquetOptions,
+        target_file_size: u64,
+    ) -> Result<Self, SinkError> {
+        let err = |source| SinkError::Delta { location: location.to_string(), source };
+        if !location.contains("://") {
+            std::fs::create_dir_all(location).map_err(|e| SinkError::Location {
+                location: location.to_string(),
+                message: format!("cannot create the folder: {e}"),
+            })?;
+        }
+        let url = deltalake::ensure_table_uri(location).map_err(err)?;
+        let mut table = DeltaTable::try_from_url(url).await.map_err(err)?;
+        if table.version().is_none() {
+            let columns: StructType = schema.as_ref().try_into_kernel().map_err(|e| SinkError::Schema {
+                location: location.to_string(),
+                message: format!("cannot be expressed in Delta: {e}"),
+            })?;
+            table = table
+                .create()
+                .with_columns(columns.fields().cloned())
+                .with_partition_columns(partition_columns.clone())
+                .with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v))))
+                .with_raise_if_key_not_exists(false)
+                .await
+                .map_err(err)?;
+        } else {
+            let existing: arrow::datatypes::Schema = table
+                .snapshot()
+                .map_err(err)?
+                .snapshot()
+                .arrow_schema()
+                .as_ref()
+                .clone();
+            let expected = crate::contract::Contract::from_arrow(&schema);
+            let found = crate::contract::Contract::from_arrow(&existing);
+            if let (Ok(expected), Ok(found)) = (expected, found) {
+                let differences = crate::contract::diff(&expected, &found);
+                if !differences.is_empty() {
+                    let lines: Vec<String> = differences.iter().map(|d| format!("  {d}")).collect();
+                    return Err(SinkError::Schema {
+                        location: location.to_string(),
+                        message: format!("of the existing table differs from what would be written:\n{}", lines.join("\n")),
+                    });
+                }
+            }
+        }
+        let writer = RecordBatchWriter::for_table(&table)
+            .map_err(err)?
+            .with_writer_properties(parquet_properties(parquet))
+            .with_target_file_size(target_file_size);
+        Ok(TableWriter { location: location.to_string(), table, writer, schema, rows_written: 0 })
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.table.version()
+    }
+
+    /// The last position committed for a source (`app_id`), if any.
+    pub async fn committed_position(&self, app_id: &str) -> Result<Option<i64>, SinkError> {
+        let err = |source| SinkError::Delta { location: self.location.clone(), source };
+        let snapshot = self.table.snapshot().map_err(err)?;
+        snapshot.transaction_version(self.table.log_store().as_ref(), app_id).await.map_err(err)
+    }
+
+    /// Streams a batch into Parquet files (not yet visible to readers).
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
+        self.rows_written += batch.num_rows() as u64;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|source| SinkError::Delta { location: self.location.clone(), source })
+    }
+
+    /// Parquet bytes written since the last commit.
+    pub fn buffered_bytes(&self) -> usize {
+        self.writer.buffer_len()
+    }
+
+    /// Finishes the open files and commits them with the source positions they cover, in one
+    /// Delta commit. Returns the new table version (None when there was nothing to commit).
+    pub async fn commit(&mut self, positions: Vec<(String, i64)>, info: &CommitInfo) -> Result<Option<u64>, SinkError> {
+        let err = |source| SinkError::Delta { location: self.location.clone(), source };
+        let adds = self.writer.flush().await.map_err(err)?;
+        if adds.is_empty() && positions.is_empty() {
+            return Ok(None);
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let txns: Vec<Transaction> = positions
+            .into_iter()
+            .map(|(app_id, version)| Transaction { app_id, version, last_updated: Some(now) })
+            .collect();
+        let metadata = [
+            ("protolake.contractVersion".to_string(), serde_json::Value::from(info.contract_version.clone())),
+            ("protolake.operation".to_string(), serde_json::Value::from(info.operation.clone())),
+            ("protolake.rows".to_string(), serde_json::Value::from(info.rows)),
+            ("protolake.deadLetters".to_string(), serde_json::Value::from(info.dead_letters)),
+        ];
+        let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
+        let snapshot = self.table.snapshot().map_err(err)?;
+        let partition_columns: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
+            predicate: None,
+        };
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await
+            .map_err(|e| err(e.into()))?;
+        let version = finalized.version();
+        self.table.update_incremental(None).await.map_err(err)?;
+        self.rows_written = 0;
+        Ok(Some(version))
+    }
+}
+
+/// The schema of the table at `location`, or None when there is no table there.
+pub async fn table_schema_at(location: &str) -> Result<Option<SchemaRef>, SinkError> {
+    let err = |source| SinkError::Delta { location: location.to_string(), source };
+    if !location.contains("://") && !std::path::Path::new(location).join("_delta_log").is_dir() {
+        return Ok(None);
+    }
+    let url = deltalake::ensure_table_uri(location).map_err(err)?;
+    let table = DeltaTable::try_from_url(url).await.map_err(err)?;
+    if table.version().is_none() {
+        return Ok(None);
+    }
+    Ok(Some(table.snapshot().map_err(err)?.snapshot().arrow_schema()))
+}

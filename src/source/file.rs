@@ -1,0 +1,195 @@
+//! Varint length-delimited files: the framing of protobuf-java's `writeDelimitedTo` (and
+//! `parseDelimitedFrom`), C++ `SerializeDelimitedToOstream`, Go `protodelim`: each record is a
+//! varint byte length followed by that many bytes. A zero-length frame is a legal empty message.
+//!
+//! Records are handed out as slices of the read buffer when they fit in it (no copy), so a
+//! reader streams files of any size in bounded memory. A record longer than `max_record_bytes`
+//! is skipped without being held in memory and reported as [`Frame::Oversized`]; a file cut
+//! inside a frame ends with [`Frame::Truncated`].
+
+use std::io::{self, BufRead, Read};
+
+/// One frame of a delimited file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Record(&'a [u8]),
+    /// The length prefix announced more than the allowed record size; the bytes were skipped.
+    Oversized { len: u64 },
+    /// The file ends inside this frame (its length prefix or its body); these are the bytes
+    /// that were there. Nothing follows.
+    Truncated { expected: Option<u64>, partial: Vec<u8> },
+}
+
+pub struct DelimitedReader<R> {
+    reader: R,
+    max_record_bytes: usize,
+    /// Bytes of the buffer handed out by the last `next` and not yet consumed.
+    pending: usize,
+    /// Used when a record straddles the read buffer's end.
+    scratch: Vec<u8>,
+    next_index: u64,
+    bytes_read: u64,
+    done: bool,
+}
+
+impl<R: BufRead> DelimitedReader<R> {
+    pub fn new(reader: R, max_record_bytes: usize) -> Self {
+        DelimitedReader {
+            reader,
+            max_record_bytes,
+            pending: 0,
+            scratch: Vec::new(),
+            next_index: 0,
+            bytes_read: 0,
+            done: false,
+        }
+    }
+
+    /// Bytes consumed from the underlying reader so far (for progress).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read + self.pending as u64
+    }
+
+    /// The next frame and its 0-based index, or None at the end of the input.
+    pub fn next_frame(&mut self) -> io::Result<Option<(u64, Frame<'_>)>> {
+        if self.pending > 0 {
+            self.reader.consume(self.pending);
+            self.bytes_read += self.pending as u64;
+            self.pending = 0;
+        }
+        if self.done {
+            return Ok(None);
+        }
+        let index = self.next_index;
+        let len = match self.read_length()? {
+            LengthPrefix::End => {
+                self.done = true;
+                return Ok(None);
+            }
+            LengthPrefix::Cut(partial) => {
+                self.done = true;
+                return Ok(Some((index, Frame::Truncated { expected: None, partial })));
+            }
+            LengthPrefix::Len(len) => len,
+        };
+        self.next_index += 1;
+        if len > self.max_record_bytes as u64 {
+            let skipped = io::copy(&mut (&mut self.reader).take(len), &mut io::sink())?;
+            self.bytes_read += skipped;
+            if skipped < len {
+                self.done = true;
+                return Ok(Some((index, Frame::Truncated { expected: Some(len), partial: Vec::new() })));
+            }
+            return Ok(Some((index, Frame::Oversized { len })));
+        }
+        let len = len as usize;
+        let available = self.reader.fill_buf()?.len();
+        if available >= len {
+            self.pending = len;
+            let buf = self.reader.fill_buf()?;
+            return Ok(Some((index, Frame::Record(&buf[..len]))));
+        }
+        self.scratch.clear();
+        let got = (&mut self.reader).take(len as u64).read_to_end(&mut self.scratch)?;
+        self.bytes_read += got as u64;
+        if got < len {
+            self.done = true;
+            let partial = std::mem::take(&mut self.scratch);
+            return Ok(Some((index, Frame::Truncated { expected: Some(len as u64), partial })));
+        }
+        Ok(Some((index, Frame::Record(&self.scratch))))
+    }
+
+    fn read_length(&mut self) -> io::Result<LengthPrefix> {
+        let mut value: u64 = 0;
+        let mut seen = Vec::new();
+        for shift in 0..10 {
+            let buf = self.reader.fill_buf()?;
+            let Some(&b) = buf.first() else {
+                return Ok(if seen.is_empty() { LengthPrefix::End } else { LengthPrefix::Cut(seen) });
+            };
+            self.reader.consume(1);
+            self.bytes_read += 1;
+            seen.push(b);
+            value |= u64::from(b & 0x7f) << (7 * shift);
+            if b < 0x80 {
+                return Ok(LengthPrefix::Len(value));
+            }
+        }
+        // A length prefix longer than 10 bytes: the file is not delimited protobuf from here on.
+        Ok(LengthPrefix::Cut(seen))
+    }
+}
+
+enum LengthPrefix {
+    End,
+    Cut(Vec<u8>),
+    Len(u64),
+}
+
+/// Writes records in the same framing (for tests, samples and benchmarks).
+pub fn write_delimited(out: &mut impl io::Write, record: &[u8]) -> io::Result<()> {
+    let mut len = record.len() as u64;
+    let mut prefix = [0u8; 10];
+    let mut n = 0;
+    while len >= 0x80 {
+        prefix[n] = (len as u8) | 0x80;
+        len >>= 7;
+        n += 1;
+    }
+    prefix[n] = len as u8;
+    out.write_all(&prefix[..=n])?;
+    out.write_all(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(bytes: &[u8], max: usize, buffer: usize) -> Vec<(u64, String)> {
+        let mut r = DelimitedReader::new(io::BufReader::with_capacity(buffer, bytes), max);
+        let mut out = Vec::new();
+        while let Some((i, f)) = r.next_frame().unwrap() {
+            out.push((i, format!("{f:?}")));
+        }
+        out
+    }
+
+    #[test]
+    fn reads_frames_including_empty_ones_across_buffer_ends() {
+        let mut file = Vec::new();
+        for rec in [&b"abc"[..], b"", &[7u8; 300][..], b"z"] {
+            write_delimited(&mut file, rec).unwrap();
+        }
+        for buffer in [1, 2, 5, 64, 4096] {
+            let f = frames(&file, 1000, buffer);
+            assert_eq!(f.len(), 4, "buffer {buffer}");
+            assert_eq!(f[0], (0, "Record([97, 98, 99])".into()));
+            assert_eq!(f[1], (1, "Record([])".into()));
+            assert!(f[2].1.starts_with("Record([7, 7"));
+            assert_eq!(f[3], (3, "Record([122])".into()));
+        }
+    }
+
+    #[test]
+    fn oversized_records_are_skipped_and_reported() {
+        let mut file = Vec::new();
+        write_delimited(&mut file, &[1u8; 50]).unwrap();
+        write_delimited(&mut file, b"ok").unwrap();
+        let f = frames(&file, 10, 8);
+        assert_eq!(f, vec![(0, "Oversized { len: 50 }".into()), (1, "Record([111, 107])".into())]);
+    }
+
+    #[test]
+    fn a_cut_file_ends_with_a_truncated_frame() {
+        let mut file = Vec::new();
+        write_delimited(&mut file, b"first").unwrap();
+        write_delimited(&mut file, b"second").unwrap();
+        file.truncate(file.len() - 2);
+        let f = frames(&file, 100, 4);
+        assert_eq!(f[1], (1, "Truncated { expected: Some(6), partial: [115, 101, 99, 111] }".into()));
+        // Cut inside the length prefix.
+        let f = frames(&[0x03, b'a', b'b', b'c', 0x80], 100, 4);
+        assert_eq!(f[1], (1, "Truncated { expected: None, partial: [128] }".into()));
+    }
+}

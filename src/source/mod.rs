@@ -1,0 +1,22 @@
+//! Where records come from, and the coordinates that identify each one (for the metadata
+//! columns, the dead-letter table and exactly-once bookkeeping). Sources know nothing of Arrow.
+
+pub mod file;
+
+/// The position of one record in its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coordinates {
+    /// A record of an archived file: its path and 0-based record index.
+    File { path: String, index: u64 },
+    /// A Kafka message.
+    Kafka { topic: String, partition: i32, offset: i64, timestamp_ms: Option<i64> },
+}
+
+impl std::fmt::Display for Coordinates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Coordinates::File { path, index } => write!(f, "{path}:{index}"),
+            Coordinates::Kafka { topic, partition, offset, .. } => write!(f, "{topic}/{partition}@{offset}"),
+        }
+    }
+}
