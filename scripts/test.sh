@@ -25,12 +25,23 @@ if ! need cc && need apt-get; then
   apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
 fi
 
+# Python readers for the reader tests (the deltalake package and polars), in a venv in the cache.
+VENV="$CACHE/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV" || { need apt-get && apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"; }
+fi
+"$VENV/bin/python" -c "import deltalake, polars, pyarrow" 2>/dev/null ||
+  "$VENV/bin/pip" install -q "deltalake==1.6.6" "polars==2.1.0" "pyarrow>=18"
+export PROTOLAKE_PYTHON="$VENV/bin/python"
+
 echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
 cargo test --locked --lib --bins --tests 2>&1
 echo "== benches still compile"
 cargo check --locked --benches 2>&1
 echo "== CLI smoke test"
-cargo run --locked --quiet -- quickstart --events 200 >/dev/null
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+cargo run --locked --quiet -- quickstart --events 200 --lake "$scratch/lake" >/dev/null
 cargo run --locked --quiet -- schema print --proto proto/protolake/examples/v1/events.proto -I proto \
   --message protolake.examples.v1.AdImpression >/dev/null
 echo "all tests passed"

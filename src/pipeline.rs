@@ -254,13 +254,23 @@ impl TablePipeline {
         if let Some(d) = event_date {
             columns.push(Arc::new(d));
         }
-        let assembled = conform(columns, &self.table_schema, rows)?;
-        let batch = if keep.iter().all(|k| *k) {
-            assembled
-        } else {
-            filter_record_batch(&assembled, &BooleanArray::from(keep))?
-        };
-        Ok((Some(batch).filter(|b| b.num_rows() > 0), dead))
+        // Refused rows leave before the table's NOT NULLs apply to the columns.
+        let loose_fields: Vec<FieldRef> = columns
+            .iter()
+            .zip(self.table_schema.fields())
+            .map(|(c, f)| Arc::new(Field::new(f.name(), c.data_type().clone(), true)))
+            .collect();
+        let loose = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(loose_fields)),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        let kept = if keep.iter().all(|k| *k) { loose } else { filter_record_batch(&loose, &BooleanArray::from(keep))? };
+        if kept.num_rows() == 0 {
+            return Ok((None, dead));
+        }
+        let batch = conform(kept.columns().to_vec(), &self.table_schema, kept.num_rows())?;
+        Ok((Some(batch), dead))
     }
 }
 
