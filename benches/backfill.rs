@@ -1,0 +1,128 @@
+//! Backfill benchmark: N flat 8-field ~150-byte events in a varint-delimited file → a local Delta
+//! table (zstd level 1), through the same code path as `protolake backfill`.
+//!
+//! Run: `cargo bench --bench backfill` (options: `-- --records N`, default 10,000,000).
+//! Prints rows/s (and per core), input MB/s, output bytes per row and peak RSS.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use prost::Message;
+use protolake::backfill::{self, BackfillSpec, NoProgress};
+use protolake::config::{EventTime, FlushPolicy, ParquetOptions, TimeUnit};
+use protolake::decode::{DecodeOptions, Decoder, Pool};
+use protolake::source::file::write_delimited;
+
+#[derive(Clone, PartialEq, Message)]
+struct FlatEvent {
+    #[prost(int64, tag = "1")]
+    ts_ms: i64,
+    #[prost(string, tag = "2")]
+    id: String,
+    #[prost(string, tag = "3")]
+    event_type: String,
+    #[prost(string, tag = "4")]
+    url: String,
+    #[prost(int32, tag = "5")]
+    slot: i32,
+    #[prost(double, tag = "6")]
+    price: f64,
+    #[prost(bool, tag = "7")]
+    viewable: bool,
+    #[prost(string, tag = "8")]
+    country: String,
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                dir_size(&path)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
+
+fn main() {
+    let n = arg("--records", 10_000_000);
+    let work = tempfile::tempdir().expect("temp dir");
+    let input = work.path().join("events.pb");
+    {
+        const TYPES: [&str; 4] = ["impression", "click", "view", "conversion"];
+        const COUNTRIES: [&str; 6] = ["DE", "US", "FR", "BR", "JP", "IN"];
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&input).unwrap());
+        for i in 0..n {
+            let e = FlatEvent {
+                // One day of events, in order.
+                ts_ms: 1_763_683_200_000 + (i as i64 * 86_400_000) / n as i64,
+                id: format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i * 7919, i % 65536, i % 4096, (i * 31) % 4096, i),
+                event_type: TYPES[i % 4].to_string(),
+                url: format!("https://www.example-news-site.com/section/world/article-{:06}?ref=home", i % 100_000),
+                slot: (i % 12) as i32,
+                price: 0.01 + (i % 5000) as f64 / 997.0,
+                viewable: i % 3 != 0,
+                country: COUNTRIES[i % 6].to_string(),
+            };
+            write_delimited(&mut out, &e.encode_to_vec()).unwrap();
+        }
+        out.flush().unwrap();
+    }
+    let input_bytes = std::fs::metadata(&input).unwrap().len();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let fds = protox::compile(["protolake/examples/v1/events.proto"], [dir]).expect("proto compiles");
+    let pool = Pool::from_prost(&fds).unwrap();
+    let decoder = Decoder::new(&pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
+    let location = work.path().join("table").display().to_string();
+    let spec = BackfillSpec {
+        decoder,
+        contract: None,
+        location: location.clone(),
+        dlq_location: format!("{location}_dlq"),
+        event_time: Some(EventTime { field: "ts_ms".into(), unit: Some(TimeUnit::Milliseconds) }),
+        flush: FlushPolicy::default(),
+        parquet: ParquetOptions { zstd_level: 1, ..ParquetOptions::default() },
+        max_record_bytes: 1 << 20,
+        inputs: vec![input],
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let report = runtime.block_on(backfill::run(spec, &NoProgress)).expect("backfill");
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    assert_eq!(report.rows, n as u64);
+    let out_bytes = dir_size(Path::new(&location));
+    println!("backfill of {n} flat events ({:.0} bytes each on the wire), zstd level 1:", input_bytes as f64 / n as f64);
+    println!("  wall {secs:.1} s, CPU {cpu:.1} s ({:.2} cores busy)", cpu / secs);
+    println!("  {:.2} M rows/s wall, {:.2} M rows/s per CPU-second", n as f64 / secs / 1e6, n as f64 / cpu / 1e6);
+    println!("  {:.0} MB/s of protobuf in", input_bytes as f64 / secs / 1e6);
+    println!("  output {:.1} MB, {:.1} bytes/row, {} commits", out_bytes as f64 / 1e6, out_bytes as f64 / n as f64, report.commits);
+    println!("  peak RSS {:.0} MiB", peak_rss_mib());
+}
+
+/// User + system CPU time of this process.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
