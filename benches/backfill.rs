@@ -14,38 +14,9 @@ use protolake::config::{EventTime, FlushPolicy, ParquetOptions, TimeUnit};
 use protolake::decode::{DecodeOptions, Decoder, Pool};
 use protolake::source::file::write_delimited;
 
-#[derive(Clone, PartialEq, Message)]
-struct FlatEvent {
-    #[prost(int64, tag = "1")]
-    ts_ms: i64,
-    #[prost(string, tag = "2")]
-    id: String,
-    #[prost(string, tag = "3")]
-    event_type: String,
-    #[prost(string, tag = "4")]
-    url: String,
-    #[prost(int32, tag = "5")]
-    slot: i32,
-    #[prost(double, tag = "6")]
-    price: f64,
-    #[prost(bool, tag = "7")]
-    viewable: bool,
-    #[prost(string, tag = "8")]
-    country: String,
-}
+mod common;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+use common::{arg, flat_event, peak_rss_mib};
 
 fn dir_size(p: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(p) else { return 0 };
@@ -67,21 +38,9 @@ fn main() {
     let work = tempfile::tempdir().expect("temp dir");
     let input = work.path().join("events.pb");
     {
-        const TYPES: [&str; 4] = ["impression", "click", "view", "conversion"];
-        const COUNTRIES: [&str; 6] = ["DE", "US", "FR", "BR", "JP", "IN"];
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&input).unwrap());
         for i in 0..n {
-            let e = FlatEvent {
-                // One day of events, in order.
-                ts_ms: 1_763_683_200_000 + (i as i64 * 86_400_000) / n as i64,
-                id: format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i * 7919, i % 65536, i % 4096, (i * 31) % 4096, i),
-                event_type: TYPES[i % 4].to_string(),
-                url: format!("https://www.example-news-site.com/section/world/article-{:06}?ref=home", i % 100_000),
-                slot: (i % 12) as i32,
-                price: 0.01 + (i % 5000) as f64 / 997.0,
-                viewable: i % 3 != 0,
-                country: COUNTRIES[i % 6].to_string(),
-            };
+            let e = flat_event(i, n);
             write_delimited(&mut out, &e.encode_to_vec()).unwrap();
         }
         out.flush().unwrap();

@@ -19,28 +19,11 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
 use protolake::decode::{DecodeOptions, Decoder, Pool};
 
-const BATCH: usize = 8192;
+mod common;
 
-/// What prost-build generates for `protolake.examples.v1.FlatEvent`.
-#[derive(Clone, PartialEq, Message)]
-struct FlatEvent {
-    #[prost(int64, tag = "1")]
-    ts_ms: i64,
-    #[prost(string, tag = "2")]
-    id: String,
-    #[prost(string, tag = "3")]
-    event_type: String,
-    #[prost(string, tag = "4")]
-    url: String,
-    #[prost(int32, tag = "5")]
-    slot: i32,
-    #[prost(double, tag = "6")]
-    price: f64,
-    #[prost(bool, tag = "7")]
-    viewable: bool,
-    #[prost(string, tag = "8")]
-    country: String,
-}
+use common::{arg, flat_event, peak_rss_mib, FlatEvent};
+
+const BATCH: usize = 8192;
 
 #[derive(Clone, PartialEq, Message)]
 struct Line {
@@ -78,26 +61,6 @@ struct Order {
     attributes: std::collections::HashMap<String, String>,
     #[prost(int64, repeated, tag = "6")]
     coupon_ids: Vec<i64>,
-}
-
-fn flat_events(n: usize) -> Vec<Vec<u8>> {
-    const TYPES: [&str; 4] = ["impression", "click", "view", "conversion"];
-    const COUNTRIES: [&str; 6] = ["DE", "US", "FR", "BR", "JP", "IN"];
-    (0..n)
-        .map(|i| {
-            FlatEvent {
-                ts_ms: 1_763_683_200_000 + i as i64 * 13,
-                id: format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i * 7919, i % 65536, i % 4096, (i * 31) % 4096, i),
-                event_type: TYPES[i % 4].to_string(),
-                url: format!("https://www.example-news-site.com/section/world/article-{:06}?ref=home", i % 100_000),
-                slot: (i % 12) as i32,
-                price: 0.01 + (i % 5000) as f64 / 997.0,
-                viewable: i % 3 != 0,
-                country: COUNTRIES[i % 6].to_string(),
-            }
-            .encode_to_vec()
-        })
-        .collect()
 }
 
 fn orders(n: usize) -> Vec<Vec<u8>> {
@@ -228,19 +191,6 @@ struct Figures {
     min_ns: f64,
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 /// Runs the approaches in interleaved rounds (a, b, c, a, b, c, …) so that whatever else the
 /// machine does slows them alike; returns each one's figures.
 fn measure_interleaved(rounds: usize, records: usize, approaches: &mut [&mut dyn FnMut() -> usize]) -> Vec<Figures> {
@@ -281,7 +231,7 @@ fn main() {
     let pool = Pool::from_prost(&fds).expect("pool");
     let reflect_pool = DescriptorPool::from_file_descriptor_set(fds).expect("prost-reflect pool");
 
-    let flat = flat_events(n);
+    let flat: Vec<Vec<u8>> = (0..n).map(|i| flat_event(i, n).encode_to_vec()).collect();
     let avg = flat.iter().map(Vec::len).sum::<usize>() as f64 / n as f64;
     println!("flat 8-field event: {n} records, {avg:.0} bytes each on average, {rounds} interleaved rounds, batches of {BATCH}");
 

@@ -174,31 +174,39 @@ struct RawParquet {
     row_group_rows: Option<usize>,
 }
 
+/// A number written either as a plain integer or as text with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IntOrText {
+    Int(u64),
+    Text(String),
+}
+
+/// Splits "1.5 GiB" into (1.5, "GiB"), with `what` naming the kind of value for the error.
+fn number_and_unit<'a>(text: &'a str, what: &str, example: &str) -> Result<(f64, &'a str), String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value = num.parse().map_err(|_| format!("{text:?} is not {what} (try {example})"))?;
+    Ok((value, unit.trim()))
+}
+
 /// A size: an integer of bytes or a string like "128MiB", "1.5 GB", "512k".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            Int(u64),
-            Text(String),
-        }
-        match Either::deserialize(d)? {
-            Either::Int(n) => Ok(ByteSize(n)),
-            Either::Text(t) => parse_bytes(&t).map(ByteSize).map_err(serde::de::Error::custom),
+        match IntOrText::deserialize(d)? {
+            IntOrText::Int(n) => Ok(ByteSize(n)),
+            IntOrText::Text(t) => parse_bytes(&t).map(ByteSize).map_err(serde::de::Error::custom),
         }
     }
 }
 
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a size (try 128MiB or 1000000)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let (value, unit) = number_and_unit(text, "a size", "128MiB or 1000000")?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
         "kib" => 1 << 10,
@@ -217,25 +225,16 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            Int(u64),
-            Text(String),
-        }
-        match Either::deserialize(d)? {
-            Either::Int(n) => Ok(HumanDuration(Duration::from_secs(n))),
-            Either::Text(t) => parse_duration(&t).map(HumanDuration).map_err(serde::de::Error::custom),
+        match IntOrText::deserialize(d)? {
+            IntOrText::Int(n) => Ok(HumanDuration(Duration::from_secs(n))),
+            IntOrText::Text(t) => parse_duration(&t).map(HumanDuration).map_err(serde::de::Error::custom),
         }
     }
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration (try 30s, 5m, 250ms)"))?;
-    let secs = match unit.trim() {
+    let (value, unit) = number_and_unit(text, "a duration", "30s, 5m, 250ms")?;
+    let secs = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" | "min" => value * 60.0,
