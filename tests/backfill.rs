@@ -201,3 +201,40 @@ fn not_null_in_the_contract_sends_rows_without_the_value_to_the_dlq() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("4 × not_null_violated"), "{}", text(&out));
 }
+
+#[test]
+fn an_additive_contract_version_evolves_the_live_table() {
+    let f = Fixture::new();
+    // A private copy of the schema that we can evolve.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto/protolake/examples/v1/events.proto");
+    let proto_dir = f.path().join("proto/protolake/examples/v1");
+    std::fs::create_dir_all(&proto_dir).unwrap();
+    let original = std::fs::read_to_string(&src).unwrap();
+    std::fs::write(proto_dir.join("events.proto"), &original).unwrap();
+    let config = std::fs::read_to_string(f.path().join("protolake.toml")).unwrap();
+    let repo_proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto").display().to_string();
+    std::fs::write(f.path().join("protolake.toml"), config.replace(&repo_proto, "proto")).unwrap();
+
+    let init = protolake(&["schema", "init", "--config", "protolake.toml", "--table", "ads"], f.path());
+    assert!(init.status.success(), "{}", text(&init));
+    let out = f.backfill(&f.input("day1.pb", 10, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+
+    // v2 adds a nullable column.
+    let evolved = original.replace("  map<string, string> attributes = 11;", "  map<string, string> attributes = 11;\n  string referrer = 12;");
+    std::fs::write(proto_dir.join("events.proto"), evolved).unwrap();
+    let refused = f.backfill(&f.input("day2.pb", 10, &[]));
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("referrer: expected no such column, found STRING"), "{}", text(&refused));
+    let init = protolake(&["schema", "init", "--config", "protolake.toml", "--table", "ads"], f.path());
+    assert!(init.status.success(), "{}", text(&init));
+    assert!(f.path().join("schemas/ads/v2.ddl").exists());
+    let out = f.backfill(&f.input("day2.pb", 10, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let seen = read_with_python(&f.path().join("lake/ads"), "impression_id");
+    assert_eq!(seen["polars"]["rows"], 20);
+    assert!(seen["polars"]["columns"].as_array().unwrap().iter().any(|c| c == "referrer"), "{seen}");
+    let check = protolake(&["schema", "check", "--config", "protolake.toml", "--table", "ads"], f.path());
+    assert!(check.status.success(), "{}", text(&check));
+}

@@ -89,26 +89,10 @@ impl TableWriter {
                 .await
                 .map_err(err)?;
         } else {
-            let existing: arrow::datatypes::Schema = table
-                .snapshot()
-                .map_err(err)?
-                .snapshot()
-                .arrow_schema()
-                .as_ref()
-                .clone();
-            let expected = crate::contract::Contract::from_arrow(&schema);
-            let found = crate::contract::Contract::from_arrow(&existing);
-            if let (Ok(expected), Ok(found)) = (expected, found) {
-                let differences = crate::contract::diff(&expected, &found);
-                if !differences.is_empty() {
-                    let lines: Vec<String> = differences.iter().map(|d| format!("  {d}")).collect();
-                    return Err(SinkError::Schema {
-                        location: location.to_string(),
-                        message: format!("of the existing table differs from what would be written:\n{}", lines.join("\n")),
-                    });
-                }
-            }
+            table = evolve_if_additive(table, location, &schema).await?;
         }
+        // Columns are written in the table's order (an evolved table has its new columns last).
+        let schema: SchemaRef = table.snapshot().map_err(err)?.snapshot().arrow_schema();
         let writer = RecordBatchWriter::for_table(&table)
             .map_err(err)?
             .with_writer_properties(parquet_properties(parquet))
@@ -135,13 +119,34 @@ impl TableWriter {
         snapshot.transaction_version(self.table.log_store().as_ref(), app_id).await.map_err(err)
     }
 
-    /// Streams a batch into Parquet files (not yet visible to readers).
+    /// Streams a batch into Parquet files (not yet visible to readers). Columns are matched to
+    /// the table's by name.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
+        let batch = self.in_table_order(batch)?;
         self.rows_written += batch.num_rows() as u64;
         self.writer
             .write(batch)
             .await
             .map_err(|source| SinkError::Delta { location: self.location.clone(), source })
+    }
+
+    fn in_table_order(&self, batch: RecordBatch) -> Result<RecordBatch, SinkError> {
+        let same = batch.schema().fields().iter().map(|f| f.name()).eq(self.schema.fields().iter().map(|f| f.name()));
+        if same {
+            return Ok(batch);
+        }
+        let indices = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                batch.schema().index_of(f.name()).map_err(|_| SinkError::Schema {
+                    location: self.location.clone(),
+                    message: format!("the batch has no column {}", f.name()),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        batch.project(&indices).map_err(|e| SinkError::Schema { location: self.location.clone(), message: e.to_string() })
     }
 
     /// Parquet bytes written since the last commit.
@@ -200,4 +205,29 @@ pub async fn table_schema_at(location: &str) -> Result<Option<SchemaRef>, SinkEr
         return Ok(None);
     }
     Ok(Some(table.snapshot().map_err(err)?.snapshot().arrow_schema()))
+}
+
+/// An existing table whose schema differs from `schema`: if `schema` only adds nullable columns
+/// (anywhere, nested included), the table is evolved to it in one commit; otherwise refused
+/// with the differences.
+async fn evolve_if_additive(table: DeltaTable, location: &str, schema: &SchemaRef) -> Result<DeltaTable, SinkError> {
+    use crate::contract::{check_evolution, diff, Contract};
+    let err = |source| SinkError::Delta { location: location.to_string(), source };
+    let schema_err = |message: String| SinkError::Schema { location: location.to_string(), message };
+    let existing = table.snapshot().map_err(err)?.snapshot().arrow_schema();
+    let found = Contract::from_arrow(&existing).map_err(|e| schema_err(e.to_string()))?;
+    let expected = Contract::from_arrow(schema).map_err(|e| schema_err(e.to_string()))?;
+    if diff(&found, &expected).is_empty() {
+        return Ok(table);
+    }
+    if let Err(reasons) = check_evolution(&found, &expected) {
+        let lines: Vec<String> = reasons.iter().map(|r| format!("  {r}")).collect();
+        return Err(schema_err(format!(
+            "of the existing table cannot become the one to write (only new nullable columns can be added):\n{}",
+            lines.join("\n")
+        )));
+    }
+    let fields: StructType = schema.as_ref().try_into_kernel().map_err(|e| schema_err(format!("cannot be expressed in Delta: {e}")))?;
+    let fields: Vec<_> = fields.fields().cloned().collect();
+    table.add_columns().with_fields(fields).await.map_err(err)
 }
