@@ -136,9 +136,17 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
         max_record_bytes: spec.max_record_bytes,
         report: BackfillReport::default(),
     };
-    let total: u64 = spec.inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
-    progress.start(total);
+    // A file named twice is read once: its position is only known to the table after a commit.
+    let mut inputs: Vec<PathBuf> = Vec::new();
     for path in &spec.inputs {
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        if !inputs.iter().any(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()) == canonical) {
+            inputs.push(path.clone());
+        }
+    }
+    let total: u64 = inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    progress.start(total);
+    for path in &inputs {
         run.file(path, progress).await?;
     }
     run.commit().await?;

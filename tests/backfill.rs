@@ -238,3 +238,20 @@ fn an_additive_contract_version_evolves_the_live_table() {
     let check = protolake(&["schema", "check", "--config", "protolake.toml", "--table", "ads"], f.path());
     assert!(check.status.success(), "{}", text(&check));
 }
+
+#[test]
+fn a_file_named_twice_is_read_once_and_a_cut_file_keeps_its_partial_record() {
+    let f = Fixture::new();
+    let input = f.input("day.pb", 6, &[]);
+    let mut bytes = std::fs::read(&input).unwrap();
+    bytes.truncate(bytes.len() - 5);
+    std::fs::write(&input, bytes).unwrap();
+    let name = input.to_str().unwrap();
+    let out = protolake(&["backfill", "--config", "protolake.toml", "--table", "ads", "--input", name, name], f.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("5 rows"), "{}", text(&out));
+    assert!(text(&out).contains("1 × truncated"), "{}", text(&out));
+    let missing = protolake(&["backfill", "--config", "protolake.toml", "--table", "ads", "--input", "nope.pb"], f.path());
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing).contains("input nope.pb is not a readable file"), "{}", text(&missing));
+}
