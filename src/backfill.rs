@@ -160,7 +160,7 @@ impl Run {
     async fn file(&mut self, path: &PathBuf, progress: &dyn Progress) -> Result<(), BackfillError> {
         let input_err = |source| BackfillError::Input { path: path.clone(), source };
         let file = std::fs::File::open(path).map_err(input_err)?;
-        let name = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string();
+        let name: std::sync::Arc<str> = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string().into();
         let id = app_id(&name);
         let data_done = self.data.committed_position(&id).await?.unwrap_or(-1);
         let dlq_done = self.dlq.committed_position(&id).await?.unwrap_or(-1);
@@ -177,7 +177,7 @@ impl Run {
                 continue;
             }
             self.report.records += 1;
-            let coordinates = Coordinates::File { path: name.clone(), index: index as u64 };
+            let coordinates = Coordinates::File { path: std::sync::Arc::clone(&name), index: index as u64 };
             match frame {
                 Frame::Record(bytes) => self.pipeline.push(bytes, coordinates),
                 Frame::Oversized { len } => self.pipeline.dead_letter_oversized(len, None, coordinates),
@@ -240,7 +240,7 @@ impl Run {
             .into_iter()
             .filter(|l| match &l.coordinates {
                 Coordinates::File { path, index } => {
-                    *index as i64 > self.dlq_done.get(&app_id(path)).copied().unwrap_or(-1)
+                    *index as i64 > self.dlq_done.get(&app_id(path.as_ref())).copied().unwrap_or(-1)
                 }
                 Coordinates::Kafka { .. } => true,
             })

@@ -396,7 +396,7 @@ pub(crate) fn source_columns_for(coordinates: &[Coordinates], ingested_at: i64) 
                 partition.push(None);
                 offset.push(None);
                 timestamp.push(None);
-                file.push(Some(path.as_str()));
+                file.push(Some(path.as_ref()));
                 index.push(Some(*i as i64));
             }
         }

@@ -6,8 +6,8 @@ pub mod file;
 /// The position of one record in its source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Coordinates {
-    /// A record of an archived file: its path and 0-based record index.
-    File { path: String, index: u64 },
+    /// A record of an archived file: its path (shared by all its records) and 0-based index.
+    File { path: std::sync::Arc<str>, index: u64 },
     /// A Kafka message.
     Kafka { topic: String, partition: i32, offset: i64, timestamp_ms: Option<i64> },
 }
