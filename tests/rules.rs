@@ -56,10 +56,29 @@ fn decoder_with(file: &str, message: &str, depth: Option<u32>) -> Decoder {
     Decoder::from_descriptor_set(&bytes, message, &DecodeOptions { recursion_depth: depth }).expect("plans")
 }
 
+thread_local! {
+    /// prost-reflect's view of every fixture, for comparing each decoded row with the oracle.
+    static REFLECT: prost_reflect::DescriptorPool = {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protos");
+        let fds = protox::compile(["mapping3.proto", "mapping2.proto", "recursive.proto"], [dir]).unwrap();
+        prost_reflect::DescriptorPool::from_file_descriptor_set(fds).unwrap()
+    };
+}
+
+/// Decodes one record, and checks the row against the oracle applied to prost-reflect's
+/// reading of the same bytes.
 fn one(d: &mut Decoder, bytes: &[u8]) -> Json {
     d.decode(bytes).unwrap_or_else(|e| panic!("unexpected bad record: {e}"));
     let batch = d.flush().unwrap();
-    batch_rows(&batch).remove(0)
+    let row = batch_rows(&batch).remove(0);
+    let view = REFLECT.with(|pool| {
+        let desc = pool.get_message_by_name(d.message_name()).expect("fixture message");
+        prost_reflect::DynamicMessage::decode(desc, bytes).expect("prost-reflect reads what the decoder accepts")
+    });
+    if let Some(diff) = common::first_difference(&row, &common::oracle_row(&view, batch.schema().fields()), "") {
+        panic!("{diff}");
+    }
+    row
 }
 
 fn bad(d: &mut Decoder, bytes: &[u8]) -> RecordError {
