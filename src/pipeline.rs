@@ -313,7 +313,7 @@ fn resolve_event_time(payload: &Schema, et: &EventTime) -> Result<EventTimeColum
 }
 
 /// Finds a column by path; nulls of its parents count as nulls.
-fn column_at<'a>(batch: &'a RecordBatch, path: &[String]) -> Option<(ArrayRef, Vec<bool>)> {
+fn column_at(batch: &RecordBatch, path: &[String]) -> Option<(ArrayRef, Vec<bool>)> {
     let mut array = batch.column_by_name(&path[0])?.clone();
     let mut parent_null = vec![false; batch.num_rows()];
     for seg in &path[1..] {
@@ -323,7 +323,6 @@ fn column_at<'a>(batch: &'a RecordBatch, path: &[String]) -> Option<(ArrayRef, V
         }
         array = s.column_by_name(seg)?.clone();
     }
-    let _ = std::marker::PhantomData::<&'a ()>;
     Some((array, parent_null))
 }
 

@@ -36,7 +36,7 @@ pub fn flat_event(i: usize, n: usize) -> FlatEvent {
         url: format!("https://www.example-news-site.com/section/world/article-{:06}?ref=home", i % 100_000),
         slot: (i % 12) as i32,
         price: 0.01 + (i % 5000) as f64 / 997.0,
-        viewable: i % 3 != 0,
+        viewable: !i.is_multiple_of(3),
         country: COUNTRIES[i % 6].to_string(),
     }
 }

@@ -185,7 +185,7 @@ impl TableWriter {
             .with_actions(adds.into_iter().map(Action::Add).collect())
             .build(Some(snapshot), self.table.log_store(), operation)
             .await
-            .map_err(|e| err(e.into()))?;
+            .map_err(err)?;
         let version = finalized.version();
         self.table.update_incremental(None).await.map_err(err)?;
         self.rows_written = 0;
