@@ -70,11 +70,19 @@ fn main() {
     let cpu = cpu_seconds() - cpu_before;
     assert_eq!(report.rows, n as u64);
     let out_bytes = dir_size(Path::new(&location));
-    println!("backfill of {n} flat events ({:.0} bytes each on the wire), zstd level 1:", input_bytes as f64 / n as f64);
+    println!(
+        "backfill of {n} flat events ({:.0} bytes each on the wire), zstd level 1:",
+        input_bytes as f64 / n as f64
+    );
     println!("  wall {secs:.1} s, CPU {cpu:.1} s ({:.2} cores busy)", cpu / secs);
     println!("  {:.2} M rows/s wall, {:.2} M rows/s per CPU-second", n as f64 / secs / 1e6, n as f64 / cpu / 1e6);
     println!("  {:.0} MB/s of protobuf in", input_bytes as f64 / secs / 1e6);
-    println!("  output {:.1} MB, {:.1} bytes/row, {} commits", out_bytes as f64 / 1e6, out_bytes as f64 / n as f64, report.commits);
+    println!(
+        "  output {:.1} MB, {:.1} bytes/row, {} commits",
+        out_bytes as f64 / 1e6,
+        out_bytes as f64 / n as f64,
+        report.commits
+    );
     println!("  peak RSS {:.0} MiB", peak_rss_mib());
 }
 

@@ -11,9 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
-};
+use arrow::array::{ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder};
 use arrow::datatypes::SchemaRef;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
@@ -314,6 +312,7 @@ fn main() {
 }
 
 fn report(name: &str, f: &Figures, baseline: Option<&Figures>) {
-    let ratio = baseline.map_or(String::new(), |base| format!("   protolake takes {:.2}× this time", base.median_ns / f.median_ns));
+    let ratio = baseline
+        .map_or(String::new(), |base| format!("   protolake takes {:.2}× this time", base.median_ns / f.median_ns));
     println!("  {name:<45} {:>7.1} ns/record (best {:>6.1}){ratio}", f.median_ns, f.min_ns);
 }

@@ -121,8 +121,15 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
         spec.flush.target_file_size,
     )
     .await?;
-    let dlq = TableWriter::open_or_create(&spec.dlq_location, dlq_schema(), Vec::new(), properties, &spec.parquet, spec.flush.target_file_size)
-        .await?;
+    let dlq = TableWriter::open_or_create(
+        &spec.dlq_location,
+        dlq_schema(),
+        Vec::new(),
+        properties,
+        &spec.parquet,
+        spec.flush.target_file_size,
+    )
+    .await?;
     let mut run = Run {
         pipeline,
         data,
@@ -160,7 +167,8 @@ impl Run {
     async fn file(&mut self, path: &PathBuf, progress: &dyn Progress) -> Result<(), BackfillError> {
         let input_err = |source| BackfillError::Input { path: path.clone(), source };
         let file = std::fs::File::open(path).map_err(input_err)?;
-        let name: std::sync::Arc<str> = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string().into();
+        let name: std::sync::Arc<str> =
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string().into();
         let id = app_id(&name);
         let data_done = self.data.committed_position(&id).await?.unwrap_or(-1);
         let dlq_done = self.dlq.committed_position(&id).await?.unwrap_or(-1);
@@ -269,7 +277,10 @@ impl Run {
 }
 
 /// The table schema a backfill of `decoder` would write (for `schema check` and tests).
-pub fn table_schema(decoder: Decoder, contract: Option<&Contract>, event_time: Option<&EventTime>) -> Result<SchemaRef, PipelineError> {
+pub fn table_schema(
+    decoder: Decoder,
+    contract: Option<&Contract>,
+    event_time: Option<&EventTime>,
+) -> Result<SchemaRef, PipelineError> {
     Ok(TablePipeline::new(decoder, contract, event_time, usize::MAX)?.table_schema())
 }
-

@@ -138,7 +138,8 @@ pub struct QuickstartArgs {
 impl DescriptorArgs {
     pub fn pool(&self) -> Result<Pool> {
         if let Some(path) = &self.descriptor_set {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read descriptor set {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read descriptor set {}", path.display()))?;
             return Pool::decode(&bytes).with_context(|| format!("{} is not a usable descriptor set", path.display()));
         }
         compile_protos(&self.proto, &self.include)

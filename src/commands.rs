@@ -17,7 +17,8 @@ use crate::cli::{compile_protos, BackfillArgs, TableArgs};
 pub fn table_decoder(table: &TableConfig) -> Result<Decoder> {
     let pool = match &table.descriptor {
         DescriptorSource::DescriptorSet(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("table {}: cannot read descriptor set {}", table.name, path.display()))?;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("table {}: cannot read descriptor set {}", table.name, path.display()))?;
             Pool::decode(&bytes)?
         }
         DescriptorSource::Protos { files, includes } => compile_protos(files, includes)?,
@@ -166,7 +167,11 @@ async fn live_payload(location: &str) -> Result<Option<Contract>> {
     let payload: Vec<_> = schema
         .fields()
         .iter()
-        .filter(|f| !f.name().starts_with("_source_") && f.name() != protolake::pipeline::INGESTED_AT && f.name() != protolake::pipeline::EVENT_DATE)
+        .filter(|f| {
+            !f.name().starts_with("_source_")
+                && f.name() != protolake::pipeline::INGESTED_AT
+                && f.name() != protolake::pipeline::EVENT_DATE
+        })
         .cloned()
         .collect();
     Ok(Some(Contract::from_arrow(&arrow::datatypes::Schema::new(payload))?))
@@ -224,7 +229,10 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
             let decoder = table_decoder(table)?;
             let contract = pinned_contract(table, &decoder)?;
             if contract.is_none() {
-                eprintln!("note: table {} has no pinned contract; writing the descriptor's schema (ad-hoc)", table.name);
+                eprintln!(
+                    "note: table {} has no pinned contract; writing the descriptor's schema (ad-hoc)",
+                    table.name
+                );
             }
             BackfillSpec {
                 decoder,
@@ -251,7 +259,10 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
             BackfillSpec {
                 decoder,
                 contract: None,
-                dlq_location: args.dlq.clone().map_or_else(|| format!("{}_dlq", location.trim_end_matches('/')), |d| absolute(&d)),
+                dlq_location: args
+                    .dlq
+                    .clone()
+                    .map_or_else(|| format!("{}_dlq", location.trim_end_matches('/')), |d| absolute(&d)),
                 location,
                 event_time: args.event_time.as_deref().map(parse_event_time).transpose()?,
                 flush: FlushPolicy::default(),
@@ -268,8 +279,10 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
     }
     let (location, dlq_location) = (spec.location.clone(), spec.dlq_location.clone());
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg} [{elapsed_precise}, eta {eta}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} {bytes}/{total_bytes} {bytes_per_sec} {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let report = backfill::run(spec, &Bar(bar)).await?;
     let secs = report.elapsed.as_secs_f64().max(1e-9);
@@ -281,7 +294,11 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
         report.records as f64 / secs,
         report.bytes_read as f64 / secs / 1e6
     );
-    println!("  {} rows → {location} (version {})", report.rows, report.table_version.map_or("-".into(), |v| v.to_string()));
+    println!(
+        "  {} rows → {location} (version {})",
+        report.rows,
+        report.table_version.map_or("-".into(), |v| v.to_string())
+    );
     println!("  {} dead letters → {dlq_location}", report.dead_letters);
     for (reason, count) in &report.by_reason {
         println!("    {count:>8} × {reason}");

@@ -317,19 +317,19 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
         return Err(invalid("table names may use letters, digits, '_' and '-' only".into()));
     }
     let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
-    let descriptor = match (t.descriptor_set, t.proto.is_empty()) {
-        (Some(_), false) => return Err(invalid("set descriptor_set or proto, not both".into())),
-        (None, true) => {
-            return Err(invalid(
-                "no schema: set descriptor_set = \"x.binpb\" (from `buf build -o x.binpb`) or proto = [\"x.proto\"]".into(),
-            ))
-        }
-        (Some(ds), true) => DescriptorSource::DescriptorSet(resolve(&ds)),
-        (None, false) => DescriptorSource::Protos {
-            files: t.proto.iter().map(|p| resolve(p)).collect(),
-            includes: t.include.iter().map(|p| resolve(p)).collect(),
-        },
-    };
+    let descriptor =
+        match (t.descriptor_set, t.proto.is_empty()) {
+            (Some(_), false) => return Err(invalid("set descriptor_set or proto, not both".into())),
+            (None, true) => return Err(invalid(
+                "no schema: set descriptor_set = \"x.binpb\" (from `buf build -o x.binpb`) or proto = [\"x.proto\"]"
+                    .into(),
+            )),
+            (Some(ds), true) => DescriptorSource::DescriptorSet(resolve(&ds)),
+            (None, false) => DescriptorSource::Protos {
+                files: t.proto.iter().map(|p| resolve(p)).collect(),
+                includes: t.include.iter().map(|p| resolve(p)).collect(),
+            },
+        };
     if !t.include.is_empty() && matches!(descriptor, DescriptorSource::DescriptorSet(_)) {
         return Err(invalid("include only applies to proto files".into()));
     }
@@ -388,7 +388,8 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
         }
     }
     let max_record_bytes = t.max_record_bytes.map_or(16 * 1024 * 1024, |b| b.0);
-    let max_record_bytes = usize::try_from(max_record_bytes).map_err(|_| invalid("max_record_bytes is too large".into()))?;
+    let max_record_bytes =
+        usize::try_from(max_record_bytes).map_err(|_| invalid("max_record_bytes is too large".into()))?;
     Ok(TableConfig {
         name: name.into(),
         descriptor,
@@ -451,7 +452,10 @@ mod tests {
         assert_eq!(t.parquet.zstd_level, 3);
         assert_eq!(
             t.descriptor,
-            DescriptorSource::Protos { files: vec!["/etc/pl/proto/events.proto".into()], includes: vec!["/etc/pl/proto".into()] }
+            DescriptorSource::Protos {
+                files: vec!["/etc/pl/proto/events.proto".into()],
+                includes: vec!["/etc/pl/proto".into()]
+            }
         );
     }
 
@@ -482,8 +486,14 @@ mod tests {
     #[test]
     fn rejected_combinations_say_why() {
         let cases = [
-            (GOOD.replace("proto = [\"proto/events.proto\"]", "proto = [\"a.proto\"]\ndescriptor_set = \"x.binpb\""), "set descriptor_set or proto, not both"),
-            (GOOD.replace("proto = [\"proto/events.proto\"]\n        include = [\"proto\"]", ""), "no schema: set descriptor_set"),
+            (
+                GOOD.replace("proto = [\"proto/events.proto\"]", "proto = [\"a.proto\"]\ndescriptor_set = \"x.binpb\""),
+                "set descriptor_set or proto, not both",
+            ),
+            (
+                GOOD.replace("proto = [\"proto/events.proto\"]\n        include = [\"proto\"]", ""),
+                "no schema: set descriptor_set",
+            ),
             (GOOD.replace("zstd_level = 3", "zstd_level = 30"), "parquet.zstd_level must be between 1 and 22, got 30"),
             (GOOD.replace("target_file_size = \"32MiB\"", "target_file_size = 100"), "would write tiny files"),
             (GOOD.replace("max_rows = 1000", "max_rows = 0"), "flush.max_rows and flush.max_bytes must be positive"),

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    StructArray, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, StructArray,
+    TimestampMicrosecondArray,
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
@@ -236,7 +236,13 @@ impl TablePipeline {
             let nulls = null_rows(&payload, &rule.path);
             let path = rule.path.join(".");
             for row in nulls {
-                refuse(row, "not_null_violated", &path, format!("{path} is NOT NULL in the contract but the record has no value"), &mut keep);
+                refuse(
+                    row,
+                    "not_null_violated",
+                    &path,
+                    format!("{path} is NOT NULL in the contract but the record has no value"),
+                    &mut keep,
+                );
             }
         }
         let event_date = match &self.event_time {
@@ -265,7 +271,8 @@ impl TablePipeline {
             columns,
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
-        let kept = if keep.iter().all(|k| *k) { loose } else { filter_record_batch(&loose, &BooleanArray::from(keep))? };
+        let kept =
+            if keep.iter().all(|k| *k) { loose } else { filter_record_batch(&loose, &BooleanArray::from(keep))? };
         if kept.num_rows() == 0 {
             return Ok((None, dead));
         }
@@ -304,9 +311,13 @@ fn resolve_event_time(payload: &Schema, et: &EventTime) -> Result<EventTimeColum
         }
         (Some(DataType::Int32 | DataType::Int64), Some(_)) => {}
         (Some(DataType::Int32 | DataType::Int64), None) => {
-            return Err(err("is an integer; set unit = \"seconds\" | \"milliseconds\" | \"microseconds\" | \"nanoseconds\"".into()))
+            return Err(err(
+                "is an integer; set unit = \"seconds\" | \"milliseconds\" | \"microseconds\" | \"nanoseconds\"".into(),
+            ))
         }
-        (Some(other), _) => return Err(err(format!("has type {other}; an event time is a Timestamp or an integer with a unit"))),
+        (Some(other), _) => {
+            return Err(err(format!("has type {other}; an event time is a Timestamp or an integer with a unit")))
+        }
         (None, _) => return Err(err("is empty".into())),
     }
     Ok(EventTimeColumn { path, unit: et.unit, display: et.field.clone() })
@@ -335,7 +346,10 @@ fn null_rows(batch: &RecordBatch, path: &[String]) -> Vec<usize> {
     (0..array.len()).filter(|&row| array.is_null(row) && !parent_null[row]).collect()
 }
 
-fn event_dates(batch: &RecordBatch, et: &EventTimeColumn) -> Result<(Date32Array, Vec<(usize, String)>), PipelineError> {
+fn event_dates(
+    batch: &RecordBatch,
+    et: &EventTimeColumn,
+) -> Result<(Date32Array, Vec<(usize, String)>), PipelineError> {
     const DAY_MICROS: i64 = 86_400_000_000;
     let (array, _) = column_at(batch, &et.path).ok_or_else(|| PipelineError::EventTime {
         field: et.display.clone(),
@@ -345,16 +359,21 @@ fn event_dates(batch: &RecordBatch, et: &EventTimeColumn) -> Result<(Date32Array
         (DataType::Timestamp(_, _), _) => {
             array.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().iter().collect()
         }
-        (DataType::Int64, Some(unit)) => {
-            array.as_primitive::<arrow::datatypes::Int64Type>().iter().map(|v| v.and_then(|v| unit.to_micros(v))).collect()
-        }
+        (DataType::Int64, Some(unit)) => array
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .iter()
+            .map(|v| v.and_then(|v| unit.to_micros(v)))
+            .collect(),
         (DataType::Int32, Some(unit)) => array
             .as_primitive::<arrow::datatypes::Int32Type>()
             .iter()
             .map(|v| v.and_then(|v| unit.to_micros(i64::from(v))))
             .collect(),
         (other, _) => {
-            return Err(PipelineError::EventTime { field: et.display.clone(), reason: format!("unexpected type {other}") })
+            return Err(PipelineError::EventTime {
+                field: et.display.clone(),
+                reason: format!("unexpected type {other}"),
+            })
         }
     };
     let mut missing = Vec::new();

@@ -78,8 +78,18 @@ fn sample_events(count: usize) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::with_capacity(count + count / 20);
     for i in 0..count {
         let event = AdImpression {
-            impression_id: format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i * 7919, i % 65536, i % 4096, (i * 31) % 4096, i),
-            event_time: Some(prost_types::Timestamp { seconds: 1_763_683_200 + i as i64 * 37, nanos: (i as i32 % 1000) * 1_000_000 }),
+            impression_id: format!(
+                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                i * 7919,
+                i % 65536,
+                i % 4096,
+                (i * 31) % 4096,
+                i
+            ),
+            event_time: Some(prost_types::Timestamp {
+                seconds: 1_763_683_200 + i as i64 * 37,
+                nanos: (i as i32 % 1000) * 1_000_000,
+            }),
             event_type: TYPES[i % 3].to_string(),
             page_url: format!("https://news.example.com/articles/{}/story-{}?utm_source=feed", 2026, i % 997),
             slot: (i % 6) as i32,
@@ -180,6 +190,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
 }
 
 fn absolute(path: &Path) -> String {
-    let p = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) };
+    let p =
+        if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) };
     p.display().to_string()
 }

@@ -99,7 +99,10 @@ flush = {{ max_rows = 250 }}
     }
 
     fn backfill(&self, input: &Path) -> Output {
-        protolake(&["backfill", "--config", "protolake.toml", "--table", "ads", "--input", input.to_str().unwrap()], self.path())
+        protolake(
+            &["backfill", "--config", "protolake.toml", "--table", "ads", "--input", input.to_str().unwrap()],
+            self.path(),
+        )
     }
 }
 
@@ -114,14 +117,24 @@ fn backfill_writes_a_table_the_python_readers_agree_on_and_a_rerun_adds_nothing(
 
     let table = f.path().join("lake/ads");
     let seen = read_with_python(&table, "impression_id");
-    let expected: Vec<String> = (0..1000).filter(|i| ![10, 500, 999].contains(i)).map(|i| format!("ad-{i:04}")).collect();
+    let expected: Vec<String> =
+        (0..1000).filter(|i| ![10, 500, 999].contains(i)).map(|i| format!("ad-{i:04}")).collect();
     for reader in ["deltalake", "polars"] {
         assert_eq!(seen[reader]["rows"], 997, "{reader}: {seen}");
         assert_eq!(seen[reader]["keys"], serde_json::json!(expected), "{reader}");
     }
     assert_eq!(seen["deltalake"]["partitions"], serde_json::json!(["event_date"]));
     let columns = seen["polars"]["columns"].as_array().unwrap();
-    for c in ["impression_id", "event_time", "tags", "attributes", "_source_file", "_source_index", "_ingested_at", "event_date"] {
+    for c in [
+        "impression_id",
+        "event_time",
+        "tags",
+        "attributes",
+        "_source_file",
+        "_source_index",
+        "_ingested_at",
+        "event_date",
+    ] {
         assert!(columns.iter().any(|x| x == c), "column {c} missing: {columns:?}");
     }
     assert_eq!(seen["polars"]["schema"]["event_time"], "Datetime(time_unit='us', time_zone='UTC')");
@@ -221,7 +234,10 @@ fn an_additive_contract_version_evolves_the_live_table() {
     assert!(out.status.success(), "{}", text(&out));
 
     // v2 adds a nullable column.
-    let evolved = original.replace("  map<string, string> attributes = 11;", "  map<string, string> attributes = 11;\n  string referrer = 12;");
+    let evolved = original.replace(
+        "  map<string, string> attributes = 11;",
+        "  map<string, string> attributes = 11;\n  string referrer = 12;",
+    );
     std::fs::write(proto_dir.join("events.proto"), evolved).unwrap();
     let refused = f.backfill(&f.input("day2.pb", 10, &[]));
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
@@ -251,7 +267,8 @@ fn a_file_named_twice_is_read_once_and_a_cut_file_keeps_its_partial_record() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("5 rows"), "{}", text(&out));
     assert!(text(&out).contains("1 × truncated"), "{}", text(&out));
-    let missing = protolake(&["backfill", "--config", "protolake.toml", "--table", "ads", "--input", "nope.pb"], f.path());
+    let missing =
+        protolake(&["backfill", "--config", "protolake.toml", "--table", "ads", "--input", "nope.pb"], f.path());
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing).contains("input nope.pb is not a readable file"), "{}", text(&missing));
 }

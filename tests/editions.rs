@@ -19,7 +19,13 @@ const INT32: i32 = 5;
 const MESSAGE: i32 = 11;
 const ENUM: i32 = 14;
 
-fn field(name: &str, number: i32, ty: i32, type_name: Option<&str>, features: Option<FeatureSet>) -> FieldDescriptorProto {
+fn field(
+    name: &str,
+    number: i32,
+    ty: i32,
+    type_name: Option<&str>,
+    features: Option<FeatureSet>,
+) -> FieldDescriptorProto {
     FieldDescriptorProto {
         name: Some(name.into()),
         number: Some(number),

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{batch_rows, compile, first_difference, oracle_row, random_message, Rng};
+use proptest::prelude::*;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
-use proptest::prelude::*;
 use protolake::decode::{DecodeOptions, Decoder, Reason};
 
 struct Target {
@@ -105,8 +105,13 @@ fn check(target: &mut Target, record: &[u8]) {
         assert!(
             matches!(
                 e.reason,
-                Reason::ClosedEnumUnknownValue | Reason::MissingRequired | Reason::TimeOverflow | Reason::WireTypeMismatch
-                    | Reason::InvalidUtf8 | Reason::UnexpectedEndGroup | Reason::TooDeep
+                Reason::ClosedEnumUnknownValue
+                    | Reason::MissingRequired
+                    | Reason::TimeOverflow
+                    | Reason::WireTypeMismatch
+                    | Reason::InvalidUtf8
+                    | Reason::UnexpectedEndGroup
+                    | Reason::TooDeep
             ),
             "refused for {e} what prost-reflect accepts: {record:02x?}"
         );

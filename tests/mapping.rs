@@ -16,7 +16,8 @@ fn decoder(file: &str, message: &str) -> (Decoder, prost_reflect::DescriptorPool
 
 /// prost-reflect's reading of the bytes a message encodes to: the oracle's input.
 fn view(m: &DynamicMessage) -> DynamicMessage {
-    DynamicMessage::decode(m.descriptor(), m.encode_to_vec().as_slice()).expect("prost-reflect decodes its own encoding")
+    DynamicMessage::decode(m.descriptor(), m.encode_to_vec().as_slice())
+        .expect("prost-reflect decodes its own encoding")
 }
 
 #[test]

@@ -425,8 +425,7 @@ fn oneof_keeps_only_the_last_member() {
     assert_eq!(row["c_inner"], json!({"id": 1, "label": "b", "weight": null, "nums": []}));
     let row = one(
         &mut d,
-        &[f_len(17, &[f_varint(1, 1), f_varint(4, 8)].concat()), f_varint(18, 5), f_len(17, &f_len(2, b"b"))]
-            .concat(),
+        &[f_len(17, &[f_varint(1, 1), f_varint(4, 8)].concat()), f_varint(18, 5), f_len(17, &f_len(2, b"b"))].concat(),
     );
     assert_eq!(row["c_inner"], json!({"id": 0, "label": "b", "weight": null, "nums": []}));
     assert_eq!(row["c_num"], Json::Null);
@@ -491,7 +490,10 @@ fn lookalike_well_known_types_are_plain_structs() {
 fn any_is_type_url_and_raw_bytes() {
     let mut d = everything();
     let any = [f_len(1, b"type.googleapis.com/x.Y"), f_len(2, &[8, 1])].concat();
-    assert_eq!(one(&mut d, &f_len(31, &any))["any"], json!({"type_url": "type.googleapis.com/x.Y", "value": "hex:0801"}));
+    assert_eq!(
+        one(&mut d, &f_len(31, &any))["any"],
+        json!({"type_url": "type.googleapis.com/x.Y", "value": "hex:0801"})
+    );
 }
 
 // --- §10 recursion --------------------------------------------------------------------------
@@ -511,7 +513,10 @@ fn recursion_needs_an_explicit_depth() {
     assert!(err.to_string().contains("bff"));
     for depth in [0, 11] {
         let opts = DecodeOptions { recursion_depth: Some(depth) };
-        assert_eq!(Decoder::from_descriptor_set(&bytes, "pl.rec.Person", &opts).err(), Some(SchemaError::DepthOutOfRange(depth)));
+        assert_eq!(
+            Decoder::from_descriptor_set(&bytes, "pl.rec.Person", &opts).err(),
+            Some(SchemaError::DepthOutOfRange(depth))
+        );
     }
     // Reusing a type in sibling fields is not recursion.
     assert!(Decoder::from_descriptor_set(&bytes, "pl.rec.Siblings", &DecodeOptions::default()).is_ok());
@@ -589,10 +594,10 @@ fn wire_type_mismatches_are_bad_records_at_any_depth() {
 fn every_bad_record_kind_is_named() {
     let mut d = everything();
     let cases: Vec<(Vec<u8>, Reason, &str)> = vec![
-        (vec![0x20], Reason::Truncated, "r_int32[0]"),                     // tag, no value
-        (vec![0x20, 0x80], Reason::Truncated, "r_int32[0]"),               // varint cut
+        (vec![0x20], Reason::Truncated, "r_int32[0]"),       // tag, no value
+        (vec![0x20, 0x80], Reason::Truncated, "r_int32[0]"), // varint cut
         ([tag(5, 1), vec![0; 4]].concat(), Reason::Truncated, "r_double[0]"), // fixed64 cut
-        (vec![0x12, 0x05, 0x08], Reason::Truncated, "inner"),              // length runs past the end
+        (vec![0x12, 0x05, 0x08], Reason::Truncated, "inner"), // length runs past the end
         (f_len(2, &[0x12, 0x09, 0x41]), Reason::Truncated, "inner.label"),
         ([vec![0x20], vec![0xff; 10], vec![0x01]].concat(), Reason::VarintTooLong, "r_int32[0]"),
         (vec![0x0e], Reason::InvalidWireType, ""),
@@ -603,7 +608,7 @@ fn every_bad_record_kind_is_named() {
         (f_len(14, &f_len(1, b"")), Reason::WireTypeMismatch, "m_bool_enum[0].key"),
         (f_len(6, &[0xed, 0xa0, 0x80]), Reason::InvalidUtf8, "r_string[0]"), // encoded surrogate
         (f_len(6, &[0xc0, 0xaf]), Reason::InvalidUtf8, "r_string[0]"),       // overlong
-        (f_len(35, &[0xe6, 0x97]), Reason::InvalidUtf8, "CamelCase_Name"),    // cut sequence
+        (f_len(35, &[0xe6, 0x97]), Reason::InvalidUtf8, "CamelCase_Name"),   // cut sequence
         (f_len(2, &f_len(2, &[0x80])), Reason::InvalidUtf8, "inner.label"),
     ];
     for (bytes, reason, path) in cases {
@@ -635,7 +640,12 @@ fn missing_required_is_found_wherever_a_message_is_present() {
 #[test]
 fn a_bad_record_leaves_its_neighbours_untouched() {
     let mut d = everything();
-    let good_a = [f_len(3, &[f_varint(1, 1), f_varint(4, 10)].concat()), f_len(12, &[f_len(1, b"a"), f_varint(2, 1)].concat()), f_len(6, b"x")].concat();
+    let good_a = [
+        f_len(3, &[f_varint(1, 1), f_varint(4, 10)].concat()),
+        f_len(12, &[f_len(1, b"a"), f_varint(2, 1)].concat()),
+        f_len(6, b"x"),
+    ]
+    .concat();
     let good_b = [f_len(2, &f_len(2, b"b")), f_varint(4, 2), f_len(16, b"t")].concat();
     // Bad after appending into lists, maps, nested structs and a oneof.
     let bad_record = [
@@ -683,7 +693,7 @@ fn errors_read_like_instructions() {
 fn delta_storage_widens_unsigned_and_durations_losslessly() {
     use arrow::array::AsArray;
     use arrow::datatypes::{Decimal128Type, Int64Type};
-    use protolake::contract::{delta_schema, to_delta_batch, to_ddl};
+    use protolake::contract::{delta_schema, to_ddl, to_delta_batch};
 
     let mut d = everything();
     let scalars = [f_varint(5, u64::from(u32::MAX)), f_varint(6, u64::MAX)].concat();
@@ -707,5 +717,10 @@ fn delta_storage_widens_unsigned_and_durations_losslessly() {
     let l = batch.column_by_name("r_fixed32").unwrap().as_list::<i32>();
     assert_eq!(l.values().as_primitive::<Int64Type>().value(0), 7);
     let ddl = to_ddl(&delta_schema(&d.schema())).unwrap();
-    assert!(ddl.contains("f_uint64: DECIMAL(20,0)") && ddl.contains("dur BIGINT") && ddl.contains("r_fixed32 ARRAY<BIGINT>"), "{ddl}");
+    assert!(
+        ddl.contains("f_uint64: DECIMAL(20,0)")
+            && ddl.contains("dur BIGINT")
+            && ddl.contains("r_fixed32 ARRAY<BIGINT>"),
+        "{ddl}"
+    );
 }

@@ -131,7 +131,11 @@ impl Contract {
             for c in columns {
                 let p = join(path, &c.name);
                 if !seen.insert(c.name.to_ascii_lowercase()) {
-                    return Err(ContractError::Parse { line: 0, column: 0, message: format!("column {p} appears twice") });
+                    return Err(ContractError::Parse {
+                        line: 0,
+                        column: 0,
+                        message: format!("column {p} appears twice"),
+                    });
                 }
                 walk_type(&c.ty, &p)?;
             }
@@ -188,10 +192,9 @@ fn sql_type(dt: &DataType, path: &str) -> Result<SqlType, ContractError> {
         DataType::Struct(fields) => SqlType::Struct(columns_from_arrow(fields, path)?),
         DataType::List(e) | DataType::LargeList(e) => SqlType::Array(Box::new(sql_type(e.data_type(), path)?)),
         DataType::Map(entries, _) => match entries.data_type() {
-            DataType::Struct(kv) if kv.len() == 2 => SqlType::Map(
-                Box::new(sql_type(kv[0].data_type(), path)?),
-                Box::new(sql_type(kv[1].data_type(), path)?),
-            ),
+            DataType::Struct(kv) if kv.len() == 2 => {
+                SqlType::Map(Box::new(sql_type(kv[0].data_type(), path)?), Box::new(sql_type(kv[1].data_type(), path)?))
+            }
             other => return Err(ContractError::Unsupported { path: path.to_string(), data_type: other.to_string() }),
         },
         other => return Err(ContractError::Unsupported { path: path.to_string(), data_type: other.to_string() }),
@@ -219,7 +222,8 @@ fn arrow_type(ty: &SqlType) -> DataType {
         SqlType::Decimal(p, s) => DataType::Decimal128(*p, *s),
         SqlType::Array(e) => DataType::List(std::sync::Arc::new(Field::new("element", arrow_type(e), false))),
         SqlType::Map(k, v) => {
-            let kv = Fields::from(vec![Field::new("key", arrow_type(k), false), Field::new("value", arrow_type(v), false)]);
+            let kv =
+                Fields::from(vec![Field::new("key", arrow_type(k), false), Field::new("value", arrow_type(v), false)]);
             DataType::Map(std::sync::Arc::new(Field::new("key_value", DataType::Struct(kv), false)), false)
         }
         SqlType::Struct(members) => DataType::Struct(members.iter().map(column_to_arrow).collect()),
@@ -426,7 +430,9 @@ impl Parser<'_> {
                     };
                     self.expect(")")?;
                     if !(1..=38).contains(&p) || !(0..=p).contains(&s) {
-                        return Err(self.error(format!("DECIMAL({p},{s}) needs 1 <= precision <= 38 and 0 <= scale <= precision")));
+                        return Err(self.error(format!(
+                            "DECIMAL({p},{s}) needs 1 <= precision <= 38 and 0 <= scale <= precision"
+                        )));
                     }
                     SqlType::Decimal(p as u8, s as i8)
                 } else {
@@ -491,7 +497,9 @@ mod tests {
 
     #[test]
     fn accepts_spark_spellings() {
-        let c = Contract::parse("a long not null, b integer comment 'x, y', c decimal(5, 2), -- note\n d struct<e string>").unwrap();
+        let c =
+            Contract::parse("a long not null, b integer comment 'x, y', c decimal(5, 2), -- note\n d struct<e string>")
+                .unwrap();
         assert_eq!(c.to_ddl(), "a BIGINT NOT NULL,\nb INT,\nc DECIMAL(5,2),\nd STRUCT<e: STRING>\n");
     }
 

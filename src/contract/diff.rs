@@ -100,7 +100,10 @@ pub fn check_evolution(previous: &Contract, next: &Contract) -> Result<(), Vec<S
                 ));
             }
         } else {
-            reasons.push(format!("{}: changed from {} to {}; only new nullable columns may be added", d.path, d.expected, d.found));
+            reasons.push(format!(
+                "{}: changed from {} to {}; only new nullable columns may be added",
+                d.path, d.expected, d.found
+            ));
         }
     }
     if reasons.is_empty() {

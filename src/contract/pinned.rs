@@ -43,8 +43,10 @@ impl PinnedContracts {
         found.sort();
         let mut versions: Vec<(u32, Contract)> = Vec::new();
         for (n, path) in found {
-            let text = std::fs::read_to_string(&path).map_err(|source| PinnedError::Read { path: path.clone(), source })?;
-            let contract = Contract::parse(&text).map_err(|e| PinnedError::Parse { path: path.clone(), message: e.to_string() })?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| PinnedError::Read { path: path.clone(), source })?;
+            let contract = Contract::parse(&text)
+                .map_err(|e| PinnedError::Parse { path: path.clone(), message: e.to_string() })?;
             if let Some((previous, before)) = versions.last() {
                 if let Err(reasons) = check_evolution(before, &contract) {
                     return Err(PinnedError::NotAdditive {
@@ -84,7 +86,10 @@ mod tests {
         assert_eq!(p.newest().unwrap().0, 2);
         std::fs::write(dir.join("v10.ddl"), "a BIGINT NOT NULL,\nb INT\n").unwrap();
         let e = PinnedContracts::load(&dir).unwrap_err().to_string();
-        assert!(e.contains("v10.ddl is not an additive evolution of v2") && e.contains("a: changed from STRING to BIGINT"), "{e}");
+        assert!(
+            e.contains("v10.ddl is not an additive evolution of v2") && e.contains("a: changed from STRING to BIGINT"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(PinnedContracts::load(&dir).unwrap().newest().is_none());
     }

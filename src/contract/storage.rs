@@ -82,4 +82,3 @@ fn convert(array: &ArrayRef, to: &DataType) -> Result<ArrayRef, ArrowError> {
         _ => cast(array, to),
     }
 }
-

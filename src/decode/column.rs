@@ -8,19 +8,18 @@
 
 use std::sync::Arc;
 
+use arrow::array::AsArray;
+use arrow::array::NullBufferBuilder;
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray,
-    StructArray,
+    Array, ArrayRef, BinaryArray, BooleanArray, ListArray, MapArray, PrimitiveArray, StringArray, StructArray,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-use arrow::array::AsArray;
 use arrow::compute::filter;
-use arrow::error::ArrowError;
-use arrow::array::NullBufferBuilder;
 use arrow::datatypes::{
-    ArrowNativeType, DataType, DurationMicrosecondType, Field, Fields, Float32Type, Float64Type,
-    Int32Type, Int64Type, TimestampMicrosecondType, UInt32Type, UInt64Type,
+    ArrowNativeType, DataType, DurationMicrosecondType, Field, Fields, Float32Type, Float64Type, Int32Type, Int64Type,
+    TimestampMicrosecondType, UInt32Type, UInt64Type,
 };
+use arrow::error::ArrowError;
 
 use super::message::MessageNode;
 
@@ -405,9 +404,9 @@ impl Column {
             Column::I64(c, dt) => {
                 let (v, n) = c.take();
                 match dt {
-                    DataType::Timestamp(_, tz) => Arc::new(
-                        PrimitiveArray::<TimestampMicrosecondType>::new(v, n).with_timezone_opt(tz.clone()),
-                    ),
+                    DataType::Timestamp(_, tz) => {
+                        Arc::new(PrimitiveArray::<TimestampMicrosecondType>::new(v, n).with_timezone_opt(tz.clone()))
+                    }
                     DataType::Duration(_) => Arc::new(PrimitiveArray::<DurationMicrosecondType>::new(v, n)),
                     _ => Arc::new(PrimitiveArray::<Int64Type>::new(v, n)),
                 }

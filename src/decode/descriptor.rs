@@ -288,9 +288,8 @@ impl Features {
 impl Pool {
     /// Reads an encoded `FileDescriptorSet`.
     pub fn decode(bytes: &[u8]) -> Result<Self, SchemaError> {
-        let set = raw::FileDescriptorSet::decode(bytes).map_err(|e| SchemaError::DescriptorSet {
-            reason: format!("not a FileDescriptorSet: {e}"),
-        })?;
+        let set = raw::FileDescriptorSet::decode(bytes)
+            .map_err(|e| SchemaError::DescriptorSet { reason: format!("not a FileDescriptorSet: {e}") })?;
         Self::from_files(&set.file)
     }
 
@@ -314,9 +313,7 @@ impl Pool {
                 (None | Some("") | Some("proto2"), _) => EDITION_PROTO2,
                 (Some("proto3"), _) => EDITION_PROTO3,
                 (Some(other), _) => {
-                    return Err(SchemaError::DescriptorSet {
-                        reason: format!("{file_name}: unknown syntax {other:?}"),
-                    })
+                    return Err(SchemaError::DescriptorSet { reason: format!("{file_name}: unknown syntax {other:?}") })
                 }
             };
             if !matches!(edition, EDITION_PROTO2 | EDITION_PROTO3 | EDITION_2023 | EDITION_2024) {
@@ -324,8 +321,8 @@ impl Pool {
                     reason: format!("{file_name}: edition {edition} is not supported (2023 and 2024 are)"),
                 });
             }
-            let features = Features::for_edition(edition)
-                .merged(file.options.as_ref().and_then(|o| o.features.as_ref()));
+            let features =
+                Features::for_edition(edition).merged(file.options.as_ref().and_then(|o| o.features.as_ref()));
             let ctx = FileCtx { edition, features };
             let prefix = file.package.clone().unwrap_or_default();
             for e in &file.enum_type {
@@ -343,15 +340,8 @@ impl Pool {
         let name = e.name.clone().unwrap_or_default();
         let full_name = qualify(prefix, &name);
         let features = parent.merged(e.options.as_ref().and_then(|o| o.features.as_ref()));
-        let values = e
-            .value
-            .iter()
-            .map(|v| (v.name.clone().unwrap_or_default(), v.number.unwrap_or(0)))
-            .collect();
-        self.enums.insert(
-            full_name.clone(),
-            EnumDef { full_name, name, values, closed: features.enum_type == 2 },
-        );
+        let values = e.value.iter().map(|v| (v.name.clone().unwrap_or_default(), v.number.unwrap_or(0))).collect();
+        self.enums.insert(full_name.clone(), EnumDef { full_name, name, values, closed: features.enum_type == 2 });
     }
 
     fn add_message(
@@ -372,10 +362,7 @@ impl Pool {
         // A oneof is synthetic when it only exists to give a proto3 `optional` field presence.
         let synthetic: Vec<bool> = (0..m.oneof_decl.len())
             .map(|i| {
-                m.field
-                    .iter()
-                    .filter(|f| f.oneof_index == Some(i as i32))
-                    .all(|f| f.proto3_optional == Some(true))
+                m.field.iter().filter(|f| f.oneof_index == Some(i as i32)).all(|f| f.proto3_optional == Some(true))
             })
             .collect();
         let mut oneof_slot = vec![None; m.oneof_decl.len()];
@@ -456,20 +443,16 @@ fn resolve_field(
 ) -> Result<FieldDef, SchemaError> {
     let name = f.name.clone().unwrap_or_default();
     let bad = |reason: String| SchemaError::DescriptorSet { reason: format!("{message}.{name}: {reason}") };
-    let number = f.number.filter(|n| (1..=536_870_911).contains(n)).ok_or_else(|| {
-        bad(format!("field number {:?} is outside 1..=536870911", f.number))
-    })? as u32;
-    let ty = f
-        .r#type
-        .and_then(ProtoType::from_number)
-        .ok_or_else(|| bad(format!("unknown field type {:?}", f.r#type)))?;
+    let number = f
+        .number
+        .filter(|n| (1..=536_870_911).contains(n))
+        .ok_or_else(|| bad(format!("field number {:?} is outside 1..=536870911", f.number)))? as u32;
+    let ty =
+        f.r#type.and_then(ProtoType::from_number).ok_or_else(|| bad(format!("unknown field type {:?}", f.r#type)))?;
     let features = message_features.merged(f.options.as_ref().and_then(|o| o.features.as_ref()));
     let label = f.label.unwrap_or(1);
     let cardinality = if label == 3 { Cardinality::Repeated } else { Cardinality::Singular };
-    let oneof = f
-        .oneof_index
-        .and_then(|i| usize::try_from(i).ok())
-        .and_then(|i| oneof_slot.get(i).copied().flatten());
+    let oneof = f.oneof_index.and_then(|i| usize::try_from(i).ok()).and_then(|i| oneof_slot.get(i).copied().flatten());
     let is_message = matches!(ty, ProtoType::Message | ProtoType::Group);
     let presence = if label == 2 || (file.edition >= EDITION_2023 && features.field_presence == 3) {
         Presence::Required

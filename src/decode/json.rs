@@ -51,10 +51,7 @@ pub fn render(kind: JsonKind, bytes: &[u8]) -> Result<String, RecordError> {
 }
 
 fn mismatch(r: &Reader<'_>, wt: u8, field: &str) -> RecordError {
-    r.error(
-        Reason::WireTypeMismatch,
-        format!("wire type {wt} ({}) for field {field}", wire::wire_type_name(wt)),
-    )
+    r.error(Reason::WireTypeMismatch, format!("wire type {wt} ({}) for field {field}", wire::wire_type_name(wt)))
 }
 
 fn end_group(r: &Reader<'_>, n: u32) -> RecordError {
@@ -70,9 +67,8 @@ fn too_deep(depth: usize) -> Result<(), RecordError> {
 }
 
 fn utf8<'a>(r: &Reader<'a>) -> Result<&'a str, RecordError> {
-    simdutf8::compat::from_utf8(r.rest()).map_err(|e| {
-        RecordError::new(Reason::InvalidUtf8, r.offset() + e.valid_up_to(), "string is not valid UTF-8")
-    })
+    simdutf8::compat::from_utf8(r.rest())
+        .map_err(|e| RecordError::new(Reason::InvalidUtf8, r.offset() + e.valid_up_to(), "string is not valid UTF-8"))
 }
 
 enum ValueKind<'a> {

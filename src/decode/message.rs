@@ -33,7 +33,9 @@ pub enum Kind {
     String,
     Bytes,
     Enum(Box<EnumTable>),
-    Message { delimited: bool },
+    Message {
+        delimited: bool,
+    },
     Timestamp,
     Duration,
     /// `google.protobuf.*Value` wrappers: the wrapped kind.
@@ -575,10 +577,7 @@ fn read_composite(
             let micros = micros.ok_or_else(|| {
                 r.error(
                     Reason::TimeOverflow,
-                    format!(
-                        "seconds={} nanos={} does not fit in int64 microseconds",
-                        scratch.seconds, scratch.nanos
-                    ),
+                    format!("seconds={} nanos={} does not fit in int64 microseconds", scratch.seconds, scratch.nanos),
                 )
             })?;
             put!(col, I64, micros, mode);
@@ -660,9 +659,7 @@ fn read_seconds_nanos(body: &mut Reader<'_>, scratch: &mut Scratch) -> Result<()
                     )
                     .in_field(name));
             }
-            (_, EGROUP) => {
-                return Err(body.error(Reason::UnexpectedEndGroup, format!("end-group for field {n}")))
-            }
+            (_, EGROUP) => return Err(body.error(Reason::UnexpectedEndGroup, format!("end-group for field {n}"))),
             _ => body.skip(n, wt)?,
         }
     }

@@ -206,9 +206,7 @@ pub const JSON_EXTENSION: &str = "arrow.json";
 fn arrow_field(name: &str, kind: &Kind, data_type: DataType, nullable: bool) -> Field {
     let field = Field::new(name, data_type, nullable);
     if matches!(kind, Kind::Json(_)) {
-        field.with_metadata(
-            [("ARROW:extension:name".to_string(), JSON_EXTENSION.to_string())].into_iter().collect(),
-        )
+        field.with_metadata([("ARROW:extension:name".to_string(), JSON_EXTENSION.to_string())].into_iter().collect())
     } else {
         field
     }

@@ -197,10 +197,9 @@ impl<'a> Reader<'a> {
         let mut open = vec![number];
         while let Some(&innermost) = open.last() {
             if self.is_empty() {
-                return Err(self.error(
-                    Reason::UnterminatedGroup,
-                    format!("group for field {innermost} is never closed"),
-                ));
+                return Err(
+                    self.error(Reason::UnterminatedGroup, format!("group for field {innermost} is never closed"))
+                );
             }
             let (n, wt) = self.read_tag()?;
             match wt {

@@ -124,10 +124,7 @@ impl TableWriter {
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
         let batch = self.in_table_order(batch)?;
         self.rows_written += batch.num_rows() as u64;
-        self.writer
-            .write(batch)
-            .await
-            .map_err(|source| SinkError::Delta { location: self.location.clone(), source })
+        self.writer.write(batch).await.map_err(|source| SinkError::Delta { location: self.location.clone(), source })
     }
 
     fn in_table_order(&self, batch: RecordBatch) -> Result<RecordBatch, SinkError> {
@@ -146,7 +143,9 @@ impl TableWriter {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        batch.project(&indices).map_err(|e| SinkError::Schema { location: self.location.clone(), message: e.to_string() })
+        batch
+            .project(&indices)
+            .map_err(|e| SinkError::Schema { location: self.location.clone(), message: e.to_string() })
     }
 
     /// Parquet bytes written since the last commit.
@@ -227,7 +226,8 @@ async fn evolve_if_additive(table: DeltaTable, location: &str, schema: &SchemaRe
             lines.join("\n")
         )));
     }
-    let fields: StructType = schema.as_ref().try_into_kernel().map_err(|e| schema_err(format!("cannot be expressed in Delta: {e}")))?;
+    let fields: StructType =
+        schema.as_ref().try_into_kernel().map_err(|e| schema_err(format!("cannot be expressed in Delta: {e}")))?;
     let fields: Vec<_> = fields.fields().cloned().collect();
     table.add_columns().with_fields(fields).await.map_err(err)
 }

@@ -14,10 +14,15 @@ use std::io::{self, BufRead, Read};
 pub enum Frame<'a> {
     Record(&'a [u8]),
     /// The length prefix announced more than the allowed record size; the bytes were skipped.
-    Oversized { len: u64 },
+    Oversized {
+        len: u64,
+    },
     /// The file ends inside this frame (its length prefix or its body); these are the bytes
     /// that were there. Nothing follows.
-    Truncated { expected: Option<u64>, partial: Vec<u8> },
+    Truncated {
+        expected: Option<u64>,
+        partial: Vec<u8>,
+    },
 }
 
 pub struct DelimitedReader<R> {

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Fields};
-use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
+};
 use serde_json::{json, Map, Value as Json};
 
 /// Compiles `tests/protos/<file>` (WKT imports included) into encoded descriptor-set bytes and
@@ -293,11 +295,29 @@ fn random_scalar(kind: &Kind, rng: &mut Rng) -> Value {
         } else {
             (rng.next() as i64 as f64) / 1e9
         }),
-        Kind::Float => Value::F32(if edge { [0.0, -0.0, f32::NAN, f32::NEG_INFINITY][rng.below(4) as usize] } else { rng.next() as i32 as f32 / 7.0 }),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(if edge { [0, -1, i32::MIN, i32::MAX][rng.below(4) as usize] } else { rng.next() as i32 >> rng.below(31) }),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(if edge { [0, -1, i64::MIN, i64::MAX][rng.below(4) as usize] } else { rng.next() as i64 >> rng.below(63) }),
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(if edge { [0, u32::MAX, 1 << 31][rng.below(3) as usize] } else { rng.next() as u32 >> rng.below(31) }),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(if edge { [0, u64::MAX, 1 << 63][rng.below(3) as usize] } else { rng.next() >> rng.below(63) }),
+        Kind::Float => Value::F32(if edge {
+            [0.0, -0.0, f32::NAN, f32::NEG_INFINITY][rng.below(4) as usize]
+        } else {
+            rng.next() as i32 as f32 / 7.0
+        }),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(if edge {
+            [0, -1, i32::MIN, i32::MAX][rng.below(4) as usize]
+        } else {
+            rng.next() as i32 >> rng.below(31)
+        }),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(if edge {
+            [0, -1, i64::MIN, i64::MAX][rng.below(4) as usize]
+        } else {
+            rng.next() as i64 >> rng.below(63)
+        }),
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(if edge {
+            [0, u32::MAX, 1 << 31][rng.below(3) as usize]
+        } else {
+            rng.next() as u32 >> rng.below(31)
+        }),
+        Kind::Uint64 | Kind::Fixed64 => {
+            Value::U64(if edge { [0, u64::MAX, 1 << 63][rng.below(3) as usize] } else { rng.next() >> rng.below(63) })
+        }
         Kind::Bool => Value::Bool(rng.chance(50)),
         Kind::String => Value::String(random_string(rng)),
         Kind::Bytes => Value::Bytes((0..rng.below(5)).map(|_| rng.next() as u8).collect::<Vec<u8>>().into()),
@@ -333,13 +353,17 @@ fn random_wkt(desc: &MessageDescriptor, rng: &mut Rng, depth: u32) -> Option<Dyn
             let value_desc = desc.parent_pool().get_message_by_name("google.protobuf.Value").unwrap();
             let mut map = std::collections::HashMap::new();
             for _ in 0..rng.below(3) {
-                map.insert(MapKey::String(random_string(rng)), Value::Message(random_json_value(&value_desc, rng, depth + 1)));
+                map.insert(
+                    MapKey::String(random_string(rng)),
+                    Value::Message(random_json_value(&value_desc, rng, depth + 1)),
+                );
             }
             m.set_field_by_name("fields", Value::Map(map));
         }
         "google.protobuf.ListValue" => {
             let value_desc = desc.parent_pool().get_message_by_name("google.protobuf.Value").unwrap();
-            let values = (0..rng.below(3)).map(|_| Value::Message(random_json_value(&value_desc, rng, depth + 1))).collect();
+            let values =
+                (0..rng.below(3)).map(|_| Value::Message(random_json_value(&value_desc, rng, depth + 1))).collect();
             m.set_field_by_name("values", Value::List(values));
         }
         "google.protobuf.Value" => return Some(random_json_value(desc, rng, depth)),
@@ -361,7 +385,8 @@ fn random_json_value(desc: &MessageDescriptor, rng: &mut Rng, depth: u32) -> Dyn
             m.set_field_by_name("struct_value", Value::Message(s));
         }
         _ => {
-            let l = random_wkt(&pool.get_message_by_name("google.protobuf.ListValue").unwrap(), rng, depth + 1).unwrap();
+            let l =
+                random_wkt(&pool.get_message_by_name("google.protobuf.ListValue").unwrap(), rng, depth + 1).unwrap();
             m.set_field_by_name("list_value", Value::Message(l));
         }
     }
