@@ -12,7 +12,7 @@ use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::config::ParquetOptions;
@@ -39,6 +39,7 @@ pub struct CommitInfo {
 
 pub struct TableWriter {
     location: String,
+    partition_columns: Vec<String>,
     table: DeltaTable,
     writer: RecordBatchWriter,
     schema: SchemaRef,
@@ -97,7 +98,8 @@ impl TableWriter {
             .map_err(err)?
             .with_writer_properties(parquet_properties(parquet))
             .with_target_file_size(target_file_size);
-        Ok(TableWriter { location: location.to_string(), table, writer, schema, rows_written: 0 })
+        let partition_columns = table.snapshot().map_err(err)?.metadata().partition_columns().to_vec();
+        Ok(TableWriter { location: location.to_string(), partition_columns, table, writer, schema, rows_written: 0 })
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -124,7 +126,14 @@ impl TableWriter {
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
         let batch = self.in_table_order(batch)?;
         self.rows_written += batch.num_rows() as u64;
-        self.writer.write(batch).await.map_err(|source| SinkError::Delta { location: self.location.clone(), source })
+        let location = &self.location;
+        let err = |source| SinkError::Delta { location: location.clone(), source };
+        // A batch within one date partition (the usual case) skips the writer's split by
+        // partition, which re-encodes and copies every row.
+        match single_date_partition(&batch, &self.partition_columns) {
+            Some(values) => self.writer.write_partition(batch, &values, WriteMode::Default).await.map(drop).map_err(err),
+            None => self.writer.write(batch).await.map_err(err),
+        }
     }
 
     fn in_table_order(&self, batch: RecordBatch) -> Result<RecordBatch, SinkError> {
@@ -230,4 +239,29 @@ async fn evolve_if_additive(table: DeltaTable, location: &str, schema: &SchemaRe
         schema.as_ref().try_into_kernel().map_err(|e| schema_err(format!("cannot be expressed in Delta: {e}")))?;
     let fields: Vec<_> = fields.fields().cloned().collect();
     table.add_columns().with_fields(fields).await.map_err(err)
+}
+
+/// When every partition column is a DATE holding one value across the batch: those values.
+fn single_date_partition(
+    batch: &RecordBatch,
+    partition_columns: &[String],
+) -> Option<indexmap::IndexMap<String, delta_kernel::expressions::Scalar>> {
+    use arrow::array::{Array, AsArray};
+    if partition_columns.is_empty() || batch.num_rows() == 0 {
+        return None;
+    }
+    let mut values = indexmap::IndexMap::new();
+    for name in partition_columns {
+        let column = batch.column_by_name(name)?;
+        let dates = column.as_primitive_opt::<arrow::datatypes::Date32Type>()?;
+        if dates.null_count() > 0 {
+            return None;
+        }
+        let first = dates.value(0);
+        if dates.values().iter().any(|d| *d != first) {
+            return None;
+        }
+        values.insert(name.clone(), delta_kernel::expressions::Scalar::Date(first));
+    }
+    Some(values)
 }
