@@ -1,7 +1,8 @@
 //! Backfill benchmark: N flat 8-field ~150-byte events in a varint-delimited file → a local Delta
 //! table (zstd level 1), through the same code path as `protolake backfill`.
 //!
-//! Run: `cargo bench --bench backfill` (options: `-- --records N`, default 10,000,000).
+//! Run: `cargo bench --bench backfill` (options: `-- --records N`, default 10,000,000;
+//! `--plain id,url` to write those columns without dictionary encoding).
 //! Prints rows/s (and per core), input MB/s, output bytes per row and peak RSS.
 
 use std::io::Write;
@@ -58,7 +59,7 @@ fn main() {
         dlq_location: format!("{location}_dlq"),
         event_time: Some(EventTime { field: "ts_ms".into(), unit: Some(TimeUnit::Milliseconds) }),
         flush: FlushPolicy::default(),
-        parquet: ParquetOptions { zstd_level: 1, ..ParquetOptions::default() },
+        parquet: ParquetOptions { zstd_level: 1, plain_columns: plain_columns(), ..ParquetOptions::default() },
         max_record_bytes: 1 << 20,
         inputs: vec![input],
     };
@@ -84,6 +85,16 @@ fn main() {
         report.commits
     );
     println!("  peak RSS {:.0} MiB", peak_rss_mib());
+}
+
+/// `--plain id,url` writes those columns without dictionary encoding.
+fn plain_columns() -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--plain")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// User + system CPU time of this process.

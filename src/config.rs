@@ -92,11 +92,14 @@ pub struct ParquetOptions {
     /// zstd level (1..=22).
     pub zstd_level: i32,
     pub row_group_rows: usize,
+    /// Columns written without dictionary encoding: high-cardinality strings (ids, URLs), where
+    /// building a dictionary that is then abandoned costs time and saves nothing.
+    pub plain_columns: Vec<String>,
 }
 
 impl Default for ParquetOptions {
     fn default() -> Self {
-        ParquetOptions { zstd_level: 1, row_group_rows: 1_048_576 }
+        ParquetOptions { zstd_level: 1, row_group_rows: 1_048_576, plain_columns: Vec::new() }
     }
 }
 
@@ -172,6 +175,8 @@ struct RawFlush {
 struct RawParquet {
     zstd_level: Option<i32>,
     row_group_rows: Option<usize>,
+    #[serde(default)]
+    plain_columns: Vec<String>,
 }
 
 /// A number written either as a plain integer or as text with a unit.
@@ -375,6 +380,7 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
     let parquet = ParquetOptions {
         zstd_level: t.parquet.zstd_level.unwrap_or(parquet_defaults.zstd_level),
         row_group_rows: t.parquet.row_group_rows.unwrap_or(parquet_defaults.row_group_rows),
+        plain_columns: t.parquet.plain_columns,
     };
     if !(1..=22).contains(&parquet.zstd_level) {
         return Err(invalid(format!("parquet.zstd_level must be between 1 and 22, got {}", parquet.zstd_level)));
@@ -429,7 +435,7 @@ mod tests {
         event_time = { field = "ts_ms", unit = "milliseconds" }
         key = ["id"]
         flush = { max_rows = 1000, max_bytes = "64MiB", max_latency = "5s", target_file_size = "32MiB" }
-        parquet = { zstd_level = 3 }
+        parquet = { zstd_level = 3, plain_columns = ["id"] }
     "#;
 
     fn load(text: &str) -> Result<Config, ConfigError> {
@@ -450,6 +456,7 @@ mod tests {
         assert_eq!(t.flush.max_bytes, 64 << 20);
         assert_eq!(t.flush.max_latency, Duration::from_secs(5));
         assert_eq!(t.parquet.zstd_level, 3);
+        assert_eq!(t.parquet.plain_columns, ["id"]);
         assert_eq!(
             t.descriptor,
             DescriptorSource::Protos {

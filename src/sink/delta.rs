@@ -48,12 +48,18 @@ pub struct TableWriter {
 
 fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
     let level = ZstdLevel::try_new(options.zstd_level).unwrap_or_default();
-    WriterProperties::builder()
+    let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(options.row_group_rows))
-        .set_created_by(format!("protolake {}", env!("CARGO_PKG_VERSION")))
-        .build()
+        .set_created_by(format!("protolake {}", env!("CARGO_PKG_VERSION")));
+    for column in &options.plain_columns {
+        let path = deltalake::parquet::schema::types::ColumnPath::from(
+            column.split('.').map(str::to_string).collect::<Vec<_>>(),
+        );
+        builder = builder.set_column_dictionary_enabled(path, false);
+    }
+    builder.build()
 }
 
 impl TableWriter {
@@ -131,7 +137,9 @@ impl TableWriter {
         // A batch within one date partition (the usual case) skips the writer's split by
         // partition, which re-encodes and copies every row.
         match single_date_partition(&batch, &self.partition_columns) {
-            Some(values) => self.writer.write_partition(batch, &values, WriteMode::Default).await.map(drop).map_err(err),
+            Some(values) => {
+                self.writer.write_partition(batch, &values, WriteMode::Default).await.map(drop).map_err(err)
+            }
             None => self.writer.write(batch).await.map_err(err),
         }
     }
