@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::batch_rows;
+use common::{batch_rows, varint};
 use prost::Message;
 use protolake::decode::descriptor::raw::{
     DescriptorProto, EnumDescriptorProto, EnumOptions, EnumValueDescriptorProto, FeatureSet, FieldDescriptorProto,
@@ -86,16 +86,6 @@ fn descriptor_set(file_features: Option<FeatureSet>) -> Vec<u8> {
         edition: Some(1000),
     };
     FileDescriptorSet { file: vec![file] }.encode_to_vec()
-}
-
-fn varint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-    out
 }
 
 fn decoder(file_features: Option<FeatureSet>) -> Decoder {

@@ -5,21 +5,11 @@
 mod common;
 
 use arrow::datatypes::{DataType, TimeUnit};
-use common::{batch_rows, compile};
+use common::{batch_rows, compile, varint};
 use protolake::decode::{DecodeOptions, Decoder, Reason, RecordError, SchemaError};
 use serde_json::{json, Value as Json};
 
 // --- a tiny wire encoder --------------------------------------------------------------------
-
-fn varint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-    out
-}
 
 fn tag(n: u32, wt: u8) -> Vec<u8> {
     varint((u64::from(n) << 3) | u64::from(wt))

@@ -22,6 +22,17 @@ pub fn compile(file: &str) -> (Vec<u8>, DescriptorPool) {
     (bytes, pool)
 }
 
+/// A protobuf varint.
+pub fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Arrow → JSON
 
