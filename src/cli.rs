@@ -72,21 +72,9 @@ pub struct BackfillArgs {
     /// Ad-hoc: the dead-letter table's location (default: <table>_dlq).
     #[arg(long, value_name = "PATH")]
     pub dlq: Option<String>,
-    /// Ad-hoc: the message descriptor.
-    #[arg(long, value_name = "FILE")]
-    pub descriptor_set: Option<PathBuf>,
-    /// Ad-hoc: .proto files instead of a descriptor set.
-    #[arg(long, value_name = "FILE")]
-    pub proto: Vec<PathBuf>,
-    /// Ad-hoc: import paths for --proto.
-    #[arg(short = 'I', long = "include", value_name = "DIR")]
-    pub include: Vec<PathBuf>,
-    /// Ad-hoc: fully-qualified message name.
-    #[arg(long, value_name = "NAME")]
-    pub message: Option<String>,
-    /// Ad-hoc: recursive.fields.max.depth (1..=10).
-    #[arg(long, value_name = "N")]
-    pub recursion_depth: Option<u32>,
+    /// Ad-hoc: the message (with --config these come from the table's settings).
+    #[command(flatten)]
+    pub descriptor: DescriptorArgs,
     /// Ad-hoc: event-time field for the event_date partition: a Timestamp field, or an integer
     /// field with a unit, e.g. `ts_ms:milliseconds`.
     #[arg(long, value_name = "FIELD[:UNIT]")]
@@ -98,7 +86,7 @@ pub struct BackfillArgs {
 pub struct DescriptorArgs {
     /// Encoded FileDescriptorSet, as written by `buf build -o x.binpb` or
     /// `protoc --include_imports --descriptor_set_out=x.binpb`.
-    #[arg(long, value_name = "FILE", conflicts_with = "proto", required_unless_present = "proto")]
+    #[arg(long, value_name = "FILE", conflicts_with = "proto")]
     pub descriptor_set: Option<PathBuf>,
     /// .proto file(s) to compile instead of a descriptor set (proto2/proto3; for editions
     /// files use a descriptor set from buf or protoc).
@@ -109,7 +97,7 @@ pub struct DescriptorArgs {
     pub include: Vec<PathBuf>,
     /// Fully-qualified message name, e.g. protolake.examples.v1.AdImpression.
     #[arg(long, value_name = "NAME")]
-    pub message: String,
+    pub message: Option<String>,
     /// recursive.fields.max.depth: how many times a recursive message may appear on one path
     /// (1..=10). Without it a recursive message is refused.
     #[arg(long, value_name = "N")]
@@ -146,9 +134,19 @@ impl DescriptorArgs {
     }
 
     pub fn decoder(&self) -> Result<Decoder> {
+        let Some(message) = &self.message else { bail!("give --message NAME (the fully-qualified message name)") };
         let pool = self.pool()?;
         let options = DecodeOptions { recursion_depth: self.recursion_depth };
-        Ok(Decoder::new(&pool, &self.message, &options)?)
+        Ok(Decoder::new(&pool, message, &options)?)
+    }
+
+    /// Whether any of these flags was given.
+    pub fn any(&self) -> bool {
+        self.descriptor_set.is_some()
+            || !self.proto.is_empty()
+            || !self.include.is_empty()
+            || self.message.is_some()
+            || self.recursion_depth.is_some()
     }
 }
 

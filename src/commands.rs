@@ -213,15 +213,12 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
     let spec = match &args.config {
         Some(path) => {
             for (flag, given) in [
-                ("--descriptor-set", args.descriptor_set.is_some()),
-                ("--proto", !args.proto.is_empty()),
-                ("--message", args.message.is_some()),
+                ("--descriptor-set, --proto, --include, --message, --recursion-depth", args.descriptor.any()),
                 ("--dlq", args.dlq.is_some()),
-                ("--recursion-depth", args.recursion_depth.is_some()),
                 ("--event-time", args.event_time.is_some()),
             ] {
                 if given {
-                    bail!("{flag} is set in the config file when --config is used; remove it from the command line");
+                    bail!("{flag}: set in the config file when --config is used; remove it from the command line");
                 }
             }
             let config = Config::load(path)?;
@@ -247,14 +244,7 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
             }
         }
         None => {
-            let Some(message) = &args.message else {
-                bail!("ad-hoc backfill needs --message (or use --config with a table)")
-            };
-            let pool = match &args.descriptor_set {
-                Some(p) => Pool::decode(&std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)?,
-                None => compile_protos(&args.proto, &args.include)?,
-            };
-            let decoder = Decoder::new(&pool, message, &DecodeOptions { recursion_depth: args.recursion_depth })?;
+            let decoder = args.descriptor.decoder()?;
             let location = absolute(&args.table);
             BackfillSpec {
                 decoder,

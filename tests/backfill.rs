@@ -272,3 +272,48 @@ fn a_file_named_twice_is_read_once_and_a_cut_file_keeps_its_partial_record() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(text(&missing).contains("input nope.pb is not a readable file"), "{}", text(&missing));
 }
+
+#[test]
+fn ad_hoc_backfill_needs_no_config_and_refuses_mixed_flags() {
+    let f = Fixture::new();
+    let input = f.input("day.pb", 8, &[3]);
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let proto_file = proto.join("protolake/examples/v1/events.proto");
+    let args = [
+        "backfill",
+        "--table",
+        "adhoc/ads",
+        "--proto",
+        proto_file.to_str().unwrap(),
+        "-I",
+        proto.to_str().unwrap(),
+        "--message",
+        "protolake.examples.v1.AdImpression",
+        "--event-time",
+        "event_time",
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    let out = protolake(&args, f.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("7 rows") && text(&out).contains("1 dead letters"), "{}", text(&out));
+    let seen = read_with_python(&f.path().join("adhoc/ads"), "impression_id");
+    assert_eq!(seen["deltalake"]["rows"], 7);
+    assert!(f.path().join("adhoc/ads_dlq/_delta_log").is_dir());
+    let mixed = protolake(
+        &[
+            "backfill",
+            "--config",
+            "protolake.toml",
+            "--table",
+            "ads",
+            "--message",
+            "x",
+            "--input",
+            input.to_str().unwrap(),
+        ],
+        f.path(),
+    );
+    assert_eq!(mixed.status.code(), Some(1));
+    assert!(text(&mixed).contains("set in the config file when --config is used"), "{}", text(&mixed));
+}
