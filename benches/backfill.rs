@@ -54,6 +54,7 @@ fn main() {
     let location = work.path().join("table").display().to_string();
     let spec = BackfillSpec {
         decoder,
+        validator: None,
         contract: None,
         location: location.clone(),
         dlq_location: format!("{location}_dlq"),

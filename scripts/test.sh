@@ -20,9 +20,17 @@ if ! need cargo; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
-# A C compiler is needed by -sys crates.
-if ! need cc && need apt-get; then
-  apt-get update -qq && apt-get install -y -qq build-essential >/dev/null
+# A C compiler is needed by -sys crates; protoc by the buf.validate feature's build.
+missing=""
+need cc || missing="$missing build-essential"
+need protoc || missing="$missing protobuf-compiler"
+if [ -n "$missing" ]; then
+  if need apt-get; then
+    apt-get install -y -qq $missing >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $missing >/dev/null; }
+  else
+    echo "please install:$missing" >&2
+    exit 1
+  fi
 fi
 
 # Python readers for the reader tests (the deltalake package and polars), in a venv in the cache.
@@ -35,7 +43,9 @@ fi
 export PROTOLAKE_PYTHON="$VENV/bin/python"
 
 echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
-cargo test --locked --lib --bins --tests 2>&1
+cargo test --locked --features protovalidate --lib --bins --tests 2>&1
+echo "== without buf.validate support, descriptors with rules are refused"
+cargo test --locked --lib validate 2>&1
 echo "== benches still compile"
 cargo check --locked --benches 2>&1
 echo "== CLI smoke test"

@@ -39,6 +39,8 @@ pub enum BackfillError {
 /// Everything a backfill needs, resolved.
 pub struct BackfillSpec {
     pub decoder: Decoder,
+    /// The descriptor's `buf.validate` rules, when it carries any.
+    pub validator: Option<crate::validate::RecordValidator>,
     /// The pinned contract and its version; None in ad-hoc mode.
     pub contract: Option<(u32, Contract)>,
     pub location: String,
@@ -109,7 +111,8 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
         spec.contract.as_ref().map(|(_, c)| c),
         spec.event_time.as_ref(),
         spec.max_record_bytes,
-    )?;
+    )?
+    .with_validator(spec.validator);
     let properties: std::collections::HashMap<String, String> =
         [("protolake.contractVersion".to_string(), contract_version.clone())].into();
     let data = TableWriter::open_or_create(

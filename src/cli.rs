@@ -140,6 +140,14 @@ impl DescriptorArgs {
         Ok(Decoder::new(&pool, message, &options)?)
     }
 
+    pub fn decoder_and_validator(&self) -> Result<(Decoder, Option<protolake::validate::RecordValidator>)> {
+        let Some(message) = &self.message else { bail!("give --message NAME (the fully-qualified message name)") };
+        let pool = self.pool()?;
+        let options = DecodeOptions { recursion_depth: self.recursion_depth };
+        let decoder = Decoder::new(&pool, message, &options)?;
+        Ok((decoder, protolake::validate::validator_for(&pool, message)?))
+    }
+
     /// Whether any of these flags was given.
     pub fn any(&self) -> bool {
         self.descriptor_set.is_some()
@@ -168,8 +176,12 @@ pub fn compile_protos(files: &[PathBuf], includes: &[PathBuf]) -> Result<Pool> {
             }
         }
     }
-    let set = protox::compile(&names, &dirs).map_err(|e| anyhow::anyhow!("cannot compile the .proto files: {e}"))?;
-    Ok(Pool::from_prost(&set)?)
+    // Encoded by protox itself, so option extensions (buf.validate rules) are kept.
+    let mut compiler =
+        protox::Compiler::new(&dirs).map_err(|e| anyhow::anyhow!("cannot compile the .proto files: {e}"))?;
+    compiler.include_imports(true);
+    compiler.open_files(&names).map_err(|e| anyhow::anyhow!("cannot compile the .proto files: {e}"))?;
+    Ok(Pool::decode(&compiler.encode_file_descriptor_set())?)
 }
 
 pub fn schema_print(args: &SchemaPrintArgs) -> Result<()> {

@@ -10,11 +10,12 @@ use protolake::backfill::{self, BackfillSpec, Progress};
 use protolake::config::{Config, DescriptorSource, EventTime, FlushPolicy, ParquetOptions, TableConfig, TimeUnit};
 use protolake::contract::{delta_schema, diff, diff_types, Contract, PinnedContracts};
 use protolake::decode::{DecodeOptions, Decoder, Pool};
+use protolake::validate::{validator_for, RecordValidator};
 
 use crate::cli::{compile_protos, BackfillArgs, TableArgs};
 
-/// Builds the decoder of a configured table.
-pub fn table_decoder(table: &TableConfig) -> Result<Decoder> {
+/// Builds the decoder of a configured table and the validator of its `buf.validate` rules.
+pub fn table_decoder(table: &TableConfig) -> Result<(Decoder, Option<RecordValidator>)> {
     let pool = match &table.descriptor {
         DescriptorSource::DescriptorSet(path) => {
             let bytes = std::fs::read(path)
@@ -24,7 +25,9 @@ pub fn table_decoder(table: &TableConfig) -> Result<Decoder> {
         DescriptorSource::Protos { files, includes } => compile_protos(files, includes)?,
     };
     let options = DecodeOptions { recursion_depth: table.recursion_depth };
-    Decoder::new(&pool, &table.message, &options).with_context(|| format!("table {}", table.name))
+    let decoder = Decoder::new(&pool, &table.message, &options).with_context(|| format!("table {}", table.name))?;
+    let validator = validator_for(&pool, &table.message).with_context(|| format!("table {}", table.name))?;
+    Ok((decoder, validator))
 }
 
 /// The contract a descriptor implies, in Delta storage types.
@@ -60,7 +63,7 @@ pub fn schema_init(args: &TableArgs) -> Result<ExitCode> {
     let Some(dir) = &table.contract_dir else {
         bail!("table {} has contract_dir = \"\" (ad-hoc); set a folder to pin contracts in", table.name)
     };
-    let decoder = table_decoder(table)?;
+    let (decoder, _) = table_decoder(table)?;
     let derived = derived_contract(&decoder)?;
     let pinned = PinnedContracts::load(dir)?;
     let next = match pinned.newest() {
@@ -115,7 +118,7 @@ fn merge_nullability(pinned: &Contract, derived: &Contract) -> Contract {
 pub async fn schema_check(args: &TableArgs) -> Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let table = config.table(&args.table)?;
-    let decoder = table_decoder(table)?;
+    let (decoder, _) = table_decoder(table)?;
     let Some(dir) = &table.contract_dir else {
         println!("table {}: ad-hoc (no contract_dir); nothing to check", table.name);
         return Ok(ExitCode::SUCCESS);
@@ -223,7 +226,7 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
             }
             let config = Config::load(path)?;
             let table = config.table(&args.table)?;
-            let decoder = table_decoder(table)?;
+            let (decoder, validator) = table_decoder(table)?;
             let contract = pinned_contract(table, &decoder)?;
             if contract.is_none() {
                 eprintln!(
@@ -233,6 +236,7 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
             }
             BackfillSpec {
                 decoder,
+                validator,
                 contract,
                 location: table.location.clone(),
                 dlq_location: table.dlq_location.clone(),
@@ -244,10 +248,11 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
             }
         }
         None => {
-            let decoder = args.descriptor.decoder()?;
+            let (decoder, validator) = args.descriptor.decoder_and_validator()?;
             let location = absolute(&args.table);
             BackfillSpec {
                 decoder,
+                validator,
                 contract: None,
                 dlq_location: args
                     .dlq

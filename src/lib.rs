@@ -16,3 +16,4 @@ pub mod pipeline;
 #[cfg(feature = "delta")]
 pub mod sink;
 pub mod source;
+pub mod validate;

@@ -20,6 +20,7 @@ use crate::config::{EventTime, TimeUnit as EventUnit};
 use crate::contract::{delta_schema, to_delta_batch, Contract};
 use crate::decode::{Decoder, RecordError};
 use crate::source::Coordinates;
+use crate::validate::RecordValidator;
 
 /// Metadata column names; payload fields may not use them.
 pub const SOURCE_TOPIC: &str = "_source_topic";
@@ -103,6 +104,7 @@ pub struct TablePipeline {
     coordinates: Vec<Coordinates>,
     dead: Vec<DeadLetter>,
     max_record_bytes: usize,
+    validator: Option<RecordValidator>,
 }
 
 impl TablePipeline {
@@ -145,7 +147,14 @@ impl TablePipeline {
             coordinates: Vec::new(),
             dead: Vec::new(),
             max_record_bytes,
+            validator: None,
         })
+    }
+
+    /// Checks each record against the descriptor's `buf.validate` rules before decoding it.
+    pub fn with_validator(mut self, validator: Option<RecordValidator>) -> Self {
+        self.validator = validator;
+        self
     }
 
     /// The Delta table's schema: payload, metadata columns and (with an event time) `event_date`.
@@ -176,6 +185,21 @@ impl TablePipeline {
         if bytes.len() > self.max_record_bytes {
             self.dead_letter_oversized(bytes.len() as u64, Some(bytes), coordinates);
             return;
+        }
+        if let Some(validator) = &self.validator {
+            let violations = validator.check(bytes);
+            if let Some(first) = violations.first() {
+                let listed: Vec<String> =
+                    violations.iter().map(|v| format!("{}: {} [{}]", v.field_path, v.message, v.rule)).collect();
+                self.dead.push(DeadLetter {
+                    raw: bytes.to_vec(),
+                    reason: "validation_failed".into(),
+                    message: listed.join("; "),
+                    field_path: first.field_path.clone(),
+                    coordinates,
+                });
+                return;
+            }
         }
         match self.decoder.decode(bytes) {
             Ok(()) => {

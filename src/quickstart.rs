@@ -153,6 +153,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     let dlq_location = absolute(&lake.join("ad_impressions_dlq"));
     let spec = BackfillSpec {
         decoder,
+        validator: None,
         contract: None,
         location: location.clone(),
         dlq_location: dlq_location.clone(),

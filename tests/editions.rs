@@ -32,7 +32,7 @@ fn field(
         label: Some(OPTIONAL),
         r#type: Some(ty),
         type_name: type_name.map(Into::into),
-        options: features.map(|f| FieldOptions { features: Some(f) }),
+        options: features.map(|f| FieldOptions { features: Some(f), ..Default::default() }),
         ..Default::default()
     }
 }

@@ -116,12 +116,18 @@ pub mod raw {
         pub map_entry: Option<bool>,
         #[prost(message, optional, tag = "12")]
         pub features: Option<FeatureSet>,
+        /// `buf.validate.message`.
+        #[prost(bytes = "vec", optional, tag = "1159")]
+        pub validate: Option<Vec<u8>>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct FieldOptions {
         #[prost(message, optional, tag = "21")]
         pub features: Option<FeatureSet>,
+        /// `buf.validate.field` (protovalidate rules), kept only to know that rules exist.
+        #[prost(bytes = "vec", optional, tag = "1159")]
+        pub validate: Option<Vec<u8>>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -227,6 +233,8 @@ pub struct FieldDef {
 
 #[derive(Debug, Clone)]
 pub struct MessageDef {
+    /// The message or one of its fields has `buf.validate` options.
+    pub has_validation_rules: bool,
     pub full_name: String,
     pub fields: Vec<FieldDef>,
     pub oneofs: Vec<String>,
@@ -247,6 +255,8 @@ pub struct EnumDef {
 pub struct Pool {
     messages: HashMap<String, MessageDef>,
     enums: HashMap<String, EnumDef>,
+    /// The encoded descriptor set (for components that read it themselves, e.g. validation).
+    encoded: Vec<u8>,
 }
 
 const EDITION_PROTO2: i32 = 998;
@@ -290,7 +300,30 @@ impl Pool {
     pub fn decode(bytes: &[u8]) -> Result<Self, SchemaError> {
         let set = raw::FileDescriptorSet::decode(bytes)
             .map_err(|e| SchemaError::DescriptorSet { reason: format!("not a FileDescriptorSet: {e}") })?;
-        Self::from_files(&set.file)
+        let mut pool = Self::from_files(&set.file)?;
+        pool.encoded = bytes.to_vec();
+        Ok(pool)
+    }
+
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    /// Whether `message` or any message type it reaches carries `buf.validate` rules.
+    pub fn carries_validation_rules(&self, message: &str) -> bool {
+        let mut stack = vec![message.trim_start_matches('.').to_string()];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(name) = stack.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let Some(m) = self.messages.get(&name) else { continue };
+            if m.has_validation_rules {
+                return true;
+            }
+            stack.extend(m.fields.iter().filter(|f| !f.type_name.is_empty()).map(|f| f.type_name.clone()));
+        }
+        false
     }
 
     /// Builds the pool from a `prost_types` descriptor set (as `protox` produces). Editions
@@ -378,7 +411,10 @@ impl Pool {
             fields.push(resolve_field(&full_name, f, file, features, &oneof_slot)?);
         }
         let map_entry = m.options.as_ref().and_then(|o| o.map_entry).unwrap_or(false);
-        self.messages.insert(full_name.clone(), MessageDef { full_name, fields, oneofs, map_entry });
+        let has_validation_rules = m.options.as_ref().is_some_and(|o| o.validate.is_some())
+            || m.field.iter().any(|f| f.options.as_ref().is_some_and(|o| o.validate.is_some()));
+        self.messages
+            .insert(full_name.clone(), MessageDef { has_validation_rules, full_name, fields, oneofs, map_entry });
         Ok(())
     }
 

@@ -1,0 +1,171 @@
+//! `buf.validate` (protovalidate) rules carried by the descriptor, evaluated per record with the
+//! `prost-protovalidate` crate (cargo feature `protovalidate`, whose build needs `protoc`). A
+//! record that breaks any rule becomes a dead letter listing every violation; a message whose
+//! types carry no rule costs nothing (no validator is built). A build without the feature refuses
+//! a descriptor that carries rules rather than let unchecked records in.
+
+use crate::decode::Pool;
+
+/// One broken rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field_path: String,
+    pub rule: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("descriptor set: {0}")]
+    Descriptor(String),
+    #[error("the buf.validate rules of {message} cannot be compiled: {reason}")]
+    Compilation { message: String, reason: String },
+    #[error(
+        "{message} carries buf.validate rules, and this build of protolake cannot check them; \
+         build it with `--features protovalidate` (needs protoc: apt-get install protobuf-compiler)"
+    )]
+    NotBuilt { message: String },
+}
+
+/// The validator for `message`, or None when it carries no rules.
+pub fn validator_for(pool: &Pool, message: &str) -> Result<Option<RecordValidator>, ValidateError> {
+    if !pool.carries_validation_rules(message) {
+        return Ok(None);
+    }
+    RecordValidator::for_message(pool.encoded(), message)
+}
+
+#[cfg(not(feature = "protovalidate"))]
+pub enum RecordValidator {}
+
+#[cfg(not(feature = "protovalidate"))]
+impl RecordValidator {
+    fn for_message(_: &[u8], message: &str) -> Result<Option<Self>, ValidateError> {
+        Err(ValidateError::NotBuilt { message: message.to_string() })
+    }
+
+    pub fn check(&self, _: &[u8]) -> Vec<Violation> {
+        match *self {}
+    }
+}
+
+#[cfg(feature = "protovalidate")]
+pub use with_rules::RecordValidator;
+
+#[cfg(feature = "protovalidate")]
+mod with_rules {
+    use super::{ValidateError, Violation};
+    use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+
+    pub struct RecordValidator {
+        descriptor: MessageDescriptor,
+        validator: prost_protovalidate::Validator,
+    }
+
+    const RULE_EXTENSIONS: [&str; 3] = ["buf.validate.field", "buf.validate.message", "buf.validate.oneof"];
+
+    impl RecordValidator {
+        /// A validator for `message`, or None when neither it nor any type it reaches carries a
+        /// `buf.validate` rule.
+        pub(super) fn for_message(descriptor_set: &[u8], message: &str) -> Result<Option<Self>, ValidateError> {
+            let pool = DescriptorPool::decode(descriptor_set).map_err(|e| ValidateError::Descriptor(e.to_string()))?;
+            let Some(descriptor) = pool.get_message_by_name(message.trim_start_matches('.')) else {
+                return Ok(None);
+            };
+            let extensions: Vec<_> = RULE_EXTENSIONS.iter().filter_map(|n| pool.get_extension_by_name(n)).collect();
+            if extensions.is_empty() || !has_rules(&descriptor, &extensions, &mut Vec::new()) {
+                return Ok(None);
+            }
+            let validator = prost_protovalidate::Validator::new();
+            // Compile the rules now so a broken CEL expression stops the run before any data.
+            if let Err(prost_protovalidate::Error::Compilation(e)) =
+                validator.validate(&DynamicMessage::new(descriptor.clone()))
+            {
+                return Err(ValidateError::Compilation { message: message.into(), reason: e.to_string() });
+            }
+            Ok(Some(RecordValidator { descriptor, validator }))
+        }
+
+        /// The violations of one record; empty when it is valid, or when it does not parse (the
+        /// decoder then reports why, more precisely).
+        pub fn check(&self, bytes: &[u8]) -> Vec<Violation> {
+            let Ok(message) = DynamicMessage::decode(self.descriptor.clone(), bytes) else { return Vec::new() };
+            match self.validator.validate(&message) {
+                Ok(()) => Vec::new(),
+                Err(prost_protovalidate::Error::Validation(e)) => e
+                    .violations()
+                    .iter()
+                    .map(|v| Violation {
+                        field_path: v.field_path(),
+                        rule: v.rule_id().to_string(),
+                        message: v.message().to_string(),
+                    })
+                    .collect(),
+                Err(other) => {
+                    vec![Violation {
+                        field_path: String::new(),
+                        rule: "evaluation_error".into(),
+                        message: other.to_string(),
+                    }]
+                }
+            }
+        }
+    }
+
+    fn has_rules(
+        message: &MessageDescriptor,
+        extensions: &[prost_reflect::ExtensionDescriptor],
+        seen: &mut Vec<String>,
+    ) -> bool {
+        if seen.iter().any(|s| s == message.full_name()) {
+            return false;
+        }
+        seen.push(message.full_name().to_string());
+        let options_have = |options: &DynamicMessage| extensions.iter().any(|e| options.has_extension(e));
+        if options_have(&message.options()) || message.oneofs().any(|o| options_have(&o.options())) {
+            return true;
+        }
+        message.fields().any(|f| {
+            options_have(&f.options())
+                || matches!(f.kind(), prost_reflect::Kind::Message(m) if has_rules(&m, extensions, seen))
+        })
+    }
+}
+
+#[cfg(all(test, not(feature = "protovalidate")))]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::decode::descriptor::raw::{
+        DescriptorProto, FieldDescriptorProto, FieldOptions, FileDescriptorProto, FileDescriptorSet,
+    };
+
+    #[test]
+    fn a_build_without_the_feature_refuses_descriptors_with_rules() {
+        let field = |rules: bool| FieldDescriptorProto {
+            name: Some("id".into()),
+            number: Some(1),
+            label: Some(1),
+            r#type: Some(9),
+            options: rules.then(|| FieldOptions { validate: Some(vec![0x0a, 0x00]), ..Default::default() }),
+            ..Default::default()
+        };
+        let set = |rules: bool| {
+            let message = DescriptorProto { name: Some("M".into()), field: vec![field(rules)], ..Default::default() };
+            let file = FileDescriptorProto {
+                name: Some("m.proto".into()),
+                package: Some("p".into()),
+                message_type: vec![message],
+                syntax: Some("proto3".into()),
+                ..Default::default()
+            };
+            FileDescriptorSet { file: vec![file] }.encode_to_vec()
+        };
+        let plain = Pool::decode(&set(false)).unwrap();
+        assert!(validator_for(&plain, "p.M").unwrap().is_none());
+        let with_rules = Pool::decode(&set(true)).unwrap();
+        let e = validator_for(&with_rules, "p.M").err().unwrap().to_string();
+        assert!(e.contains("carries buf.validate rules") && e.contains("--features protovalidate"), "{e}");
+    }
+}
