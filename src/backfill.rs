@@ -146,18 +146,20 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
         max_record_bytes: spec.max_record_bytes,
         report: BackfillReport::default(),
     };
-    // A file named twice is read once: its position is only known to the table after a commit.
-    let mut inputs: Vec<PathBuf> = Vec::new();
+    // Each file is named by its absolute path (its source id); a file named twice is read once,
+    // since its position is only known to the table after a commit.
+    let mut inputs: Vec<(PathBuf, std::sync::Arc<str>)> = Vec::new();
     for path in &spec.inputs {
-        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-        if !inputs.iter().any(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()) == canonical) {
-            inputs.push(path.clone());
+        let name: std::sync::Arc<str> =
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string().into();
+        if !inputs.iter().any(|(_, seen)| *seen == name) {
+            inputs.push((path.clone(), name));
         }
     }
-    let total: u64 = inputs.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let total: u64 = inputs.iter().filter_map(|(p, _)| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     progress.start(total);
-    for path in &inputs {
-        run.file(path, progress).await?;
+    for (path, name) in &inputs {
+        run.file(path, name, progress).await?;
     }
     run.commit().await?;
     progress.finish();
@@ -167,12 +169,15 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
 }
 
 impl Run {
-    async fn file(&mut self, path: &PathBuf, progress: &dyn Progress) -> Result<(), BackfillError> {
+    async fn file(
+        &mut self,
+        path: &PathBuf,
+        name: &std::sync::Arc<str>,
+        progress: &dyn Progress,
+    ) -> Result<(), BackfillError> {
         let input_err = |source| BackfillError::Input { path: path.clone(), source };
         let file = std::fs::File::open(path).map_err(input_err)?;
-        let name: std::sync::Arc<str> =
-            std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string().into();
-        let id = app_id(&name);
+        let id = app_id(name);
         let data_done = self.data.committed_position(&id).await?.unwrap_or(-1);
         let dlq_done = self.dlq.committed_position(&id).await?.unwrap_or(-1);
         self.dlq_done.insert(id.clone(), dlq_done);
@@ -188,7 +193,7 @@ impl Run {
                 continue;
             }
             self.report.records += 1;
-            let coordinates = Coordinates::File { path: std::sync::Arc::clone(&name), index: index as u64 };
+            let coordinates = Coordinates::File { path: std::sync::Arc::clone(name), index: index as u64 };
             match frame {
                 Frame::Record(bytes) => self.pipeline.push(bytes, coordinates),
                 Frame::Oversized { len } => self.pipeline.dead_letter_oversized(len, None, coordinates),

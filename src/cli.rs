@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use protolake::config::DescriptorSource;
 use protolake::contract::{delta_schema, to_ddl};
 use protolake::decode::{DecodeOptions, Decoder, Pool};
 
@@ -125,26 +126,28 @@ pub struct QuickstartArgs {
 
 impl DescriptorArgs {
     pub fn pool(&self) -> Result<Pool> {
-        if let Some(path) = &self.descriptor_set {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read descriptor set {}", path.display()))?;
-            return Pool::decode(&bytes).with_context(|| format!("{} is not a usable descriptor set", path.display()));
-        }
-        compile_protos(&self.proto, &self.include)
+        let source = match &self.descriptor_set {
+            Some(path) => DescriptorSource::DescriptorSet(path.clone()),
+            None => DescriptorSource::Protos { files: self.proto.clone(), includes: self.include.clone() },
+        };
+        load_pool(&source)
     }
 
-    pub fn decoder(&self) -> Result<Decoder> {
-        let Some(message) = &self.message else { bail!("give --message NAME (the fully-qualified message name)") };
-        let pool = self.pool()?;
-        let options = DecodeOptions { recursion_depth: self.recursion_depth };
-        Ok(Decoder::new(&pool, message, &options)?)
-    }
-
-    pub fn decoder_and_validator(&self) -> Result<(Decoder, Option<protolake::validate::RecordValidator>)> {
+    /// The message name, its pool and its decoder.
+    fn build(&self) -> Result<(&str, Pool, Decoder)> {
         let Some(message) = &self.message else { bail!("give --message NAME (the fully-qualified message name)") };
         let pool = self.pool()?;
         let options = DecodeOptions { recursion_depth: self.recursion_depth };
         let decoder = Decoder::new(&pool, message, &options)?;
+        Ok((message, pool, decoder))
+    }
+
+    pub fn decoder(&self) -> Result<Decoder> {
+        Ok(self.build()?.2)
+    }
+
+    pub fn decoder_and_validator(&self) -> Result<(Decoder, Option<protolake::validate::RecordValidator>)> {
+        let (message, pool, decoder) = self.build()?;
         Ok((decoder, protolake::validate::validator_for(&pool, message)?))
     }
 
@@ -155,6 +158,18 @@ impl DescriptorArgs {
             || !self.include.is_empty()
             || self.message.is_some()
             || self.recursion_depth.is_some()
+    }
+}
+
+/// Reads a descriptor set, or compiles .proto files.
+pub fn load_pool(source: &DescriptorSource) -> Result<Pool> {
+    match source {
+        DescriptorSource::DescriptorSet(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read descriptor set {}", path.display()))?;
+            Pool::decode(&bytes).with_context(|| format!("{} is not a usable descriptor set", path.display()))
+        }
+        DescriptorSource::Protos { files, includes } => compile_protos(files, includes),
     }
 }
 

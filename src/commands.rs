@@ -7,23 +7,16 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use protolake::backfill::{self, BackfillSpec, Progress};
-use protolake::config::{Config, DescriptorSource, EventTime, FlushPolicy, ParquetOptions, TableConfig, TimeUnit};
+use protolake::config::{Config, EventTime, FlushPolicy, ParquetOptions, TableConfig, TimeUnit};
 use protolake::contract::{delta_schema, diff, diff_types, Contract, PinnedContracts};
-use protolake::decode::{DecodeOptions, Decoder, Pool};
+use protolake::decode::{DecodeOptions, Decoder};
 use protolake::validate::{validator_for, RecordValidator};
 
-use crate::cli::{compile_protos, BackfillArgs, TableArgs};
+use crate::cli::{load_pool, BackfillArgs, TableArgs};
 
 /// Builds the decoder of a configured table and the validator of its `buf.validate` rules.
 pub fn table_decoder(table: &TableConfig) -> Result<(Decoder, Option<RecordValidator>)> {
-    let pool = match &table.descriptor {
-        DescriptorSource::DescriptorSet(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("table {}: cannot read descriptor set {}", table.name, path.display()))?;
-            Pool::decode(&bytes)?
-        }
-        DescriptorSource::Protos { files, includes } => compile_protos(files, includes)?,
-    };
+    let pool = load_pool(&table.descriptor).with_context(|| format!("table {}", table.name))?;
     let options = DecodeOptions { recursion_depth: table.recursion_depth };
     let decoder = Decoder::new(&pool, &table.message, &options).with_context(|| format!("table {}", table.name))?;
     let validator = validator_for(&pool, &table.message).with_context(|| format!("table {}", table.name))?;

@@ -73,11 +73,6 @@ pub struct BytesCol {
     spare_data: Spare<u8>,
 }
 
-pub struct BoolCol {
-    pub values: Vec<bool>,
-    pub nulls: Option<NullBufferBuilder>,
-}
-
 pub struct StructCol {
     pub len: usize,
     pub nulls: Option<NullBufferBuilder>,
@@ -96,7 +91,7 @@ pub struct ListCol {
 }
 
 pub enum Column {
-    Bool(BoolCol),
+    Bool(PrimCol<bool>),
     I32(PrimCol<i32>),
     I64(PrimCol<i64>, DataType),
     U32(PrimCol<u32>),
@@ -239,12 +234,6 @@ impl BytesCol {
     }
 }
 
-impl BoolCol {
-    pub fn new(nullable: bool) -> Self {
-        BoolCol { values: Vec::new(), nulls: nulls_for(nullable) }
-    }
-}
-
 impl ListCol {
     pub fn new(element: Column, element_field: Arc<Field>, map: bool) -> Self {
         ListCol { offsets: vec![0], element: Box::new(element), element_field, map, dead: Vec::new() }
@@ -299,12 +288,7 @@ impl Column {
             return self.push_placeholder();
         }
         match self {
-            Column::Bool(c) => {
-                c.values.push(false);
-                if let Some(n) = &mut c.nulls {
-                    n.append_null();
-                }
-            }
+            Column::Bool(c) => c.push_null(),
             Column::I32(c) => c.push_null(),
             Column::I64(c, _) => c.push_null(),
             Column::U32(c) => c.push_null(),
@@ -326,12 +310,7 @@ impl Column {
     /// Appends a valid zero value (empty list, struct of placeholders).
     fn push_placeholder(&mut self) {
         match self {
-            Column::Bool(c) => {
-                c.values.push(false);
-                if let Some(n) = &mut c.nulls {
-                    n.append_non_null();
-                }
-            }
+            Column::Bool(c) => c.push(false),
             Column::I32(c) => c.push(0),
             Column::I64(c, _) => c.push(0),
             Column::U32(c) => c.push(0),
@@ -355,14 +334,7 @@ impl Column {
     /// Drops every row at and after `len`, including elements appended for a row not yet closed.
     pub fn truncate(&mut self, len: usize) {
         match self {
-            Column::Bool(c) => {
-                if c.values.len() > len {
-                    c.values.truncate(len);
-                    if let Some(n) = &mut c.nulls {
-                        n.truncate(len);
-                    }
-                }
-            }
+            Column::Bool(c) => c.truncate(len),
             Column::I32(c) => c.truncate(len),
             Column::I64(c, _) => c.truncate(len),
             Column::U32(c) => c.truncate(len),
@@ -392,10 +364,11 @@ impl Column {
     pub fn finish(&mut self) -> Result<ArrayRef, ArrowError> {
         Ok(match self {
             Column::Bool(c) => {
-                let cap = c.values.len();
-                let values = std::mem::replace(&mut c.values, Vec::with_capacity(cap));
+                // Arrow packs booleans into bits, so this column copies; its Vec is kept.
+                let values = BooleanBuffer::from(c.values.as_slice());
+                c.values.clear();
                 let nulls = c.nulls.as_mut().and_then(NullBufferBuilder::finish);
-                Arc::new(BooleanArray::new(BooleanBuffer::from(values), nulls))
+                Arc::new(BooleanArray::new(values, nulls))
             }
             Column::I32(c) => {
                 let (v, n) = c.take();

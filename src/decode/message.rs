@@ -422,21 +422,6 @@ macro_rules! put {
     };
 }
 
-fn put_bool(col: &mut Column, v: bool, mode: Mode) {
-    if let Column::Bool(c) = col {
-        if mode == Mode::Replace {
-            if let Some(last) = c.values.last_mut() {
-                *last = v;
-            }
-        } else {
-            c.values.push(v);
-            if let Some(n) = &mut c.nulls {
-                n.append_non_null();
-            }
-        }
-    }
-}
-
 #[inline(always)]
 fn put_bytes(col: &mut Column, v: &[u8], mode: Mode, r: &Reader<'_>) -> Result<(), RecordError> {
     if let Column::Bytes(c) = col {
@@ -470,7 +455,7 @@ fn read_value(
         return Err(wire_type_mismatch(kind, r, wt));
     }
     match kind {
-        Kind::Bool => put_bool(col, r.read_varint()? != 0, mode),
+        Kind::Bool => put!(col, Bool, r.read_varint()? != 0, mode),
         Kind::Int32 => put!(col, I32, r.read_varint()? as i32, mode),
         Kind::SInt32 => put!(col, I32, wire::zigzag32(r.read_varint()? as u32), mode),
         Kind::UInt32 => put!(col, U32, r.read_varint()? as u32, mode),
@@ -696,7 +681,7 @@ fn push_absent(kind: &Kind, col: &mut Column, absent: &Absent, end: usize) -> Re
 fn push_zero(kind: &Kind, col: &mut Column, end: usize) -> Result<(), RecordError> {
     let dummy = Reader::new(&[]);
     match kind {
-        Kind::Bool => put_bool(col, false, Mode::Append),
+        Kind::Bool => put!(col, Bool, false, Mode::Append),
         Kind::Int32 | Kind::SInt32 | Kind::SFixed32 => put!(col, I32, 0, Mode::Append),
         Kind::UInt32 | Kind::Fixed32 => put!(col, U32, 0, Mode::Append),
         Kind::Int64 | Kind::SInt64 | Kind::SFixed64 | Kind::Timestamp | Kind::Duration => {
@@ -724,7 +709,7 @@ fn push_zero(kind: &Kind, col: &mut Column, end: usize) -> Result<(), RecordErro
 
 fn push_declared(d: &Declared, col: &mut Column) -> Result<(), RecordError> {
     match (d, col) {
-        (Declared::Bool(v), col) => put_bool(col, *v, Mode::Append),
+        (Declared::Bool(v), col) => put!(col, Bool, *v, Mode::Append),
         (Declared::I32(v), col) => put!(col, I32, *v, Mode::Append),
         (Declared::I64(v), col) => put!(col, I64, *v, Mode::Append),
         (Declared::U32(v), col) => put!(col, U32, *v, Mode::Append),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 
-use super::column::{BoolCol, BytesCol, Column, ListCol, PrimCol, StructCol};
+use super::column::{BytesCol, Column, ListCol, PrimCol, StructCol};
 use super::descriptor::{Cardinality, FieldDef, MessageDef, Pool, Presence, ProtoType};
 use super::error::SchemaError;
 use super::json::JsonKind;
@@ -234,7 +234,7 @@ fn make_column(data_type: &DataType, nullable: bool, message: Option<PlannedMess
             node: m.node,
             fields: m.fields,
         })),
-        (DataType::Boolean, _) => Column::Bool(BoolCol::new(nullable)),
+        (DataType::Boolean, _) => Column::Bool(PrimCol::new(nullable)),
         (DataType::Int32, _) => Column::I32(PrimCol::new(nullable)),
         (DataType::UInt32, _) => Column::U32(PrimCol::new(nullable)),
         (DataType::UInt64, _) => Column::U64(PrimCol::new(nullable)),

@@ -43,7 +43,6 @@ pub struct TableWriter {
     table: DeltaTable,
     writer: RecordBatchWriter,
     schema: SchemaRef,
-    rows_written: u64,
 }
 
 fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
@@ -105,7 +104,7 @@ impl TableWriter {
             .with_writer_properties(parquet_properties(parquet))
             .with_target_file_size(target_file_size);
         let partition_columns = table.snapshot().map_err(err)?.metadata().partition_columns().to_vec();
-        Ok(TableWriter { location: location.to_string(), partition_columns, table, writer, schema, rows_written: 0 })
+        Ok(TableWriter { location: location.to_string(), partition_columns, table, writer, schema })
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -131,7 +130,6 @@ impl TableWriter {
     /// the table's by name.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
         let batch = self.in_table_order(batch)?;
-        self.rows_written += batch.num_rows() as u64;
         let location = &self.location;
         let err = |source| SinkError::Delta { location: location.clone(), source };
         // A batch within one date partition (the usual case) skips the writer's split by
@@ -204,7 +202,6 @@ impl TableWriter {
             .map_err(err)?;
         let version = finalized.version();
         self.table.update_incremental(None).await.map_err(err)?;
-        self.rows_written = 0;
         Ok(Some(version))
     }
 }
