@@ -26,8 +26,8 @@ const DECODE_BATCH: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
-    #[error("cannot read {path}: {source}")]
-    Input { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {cause}")]
+    Input { path: PathBuf, cause: std::io::Error },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
@@ -175,7 +175,7 @@ impl Run {
         name: &std::sync::Arc<str>,
         progress: &dyn Progress,
     ) -> Result<(), BackfillError> {
-        let input_err = |source| BackfillError::Input { path: path.clone(), source };
+        let input_err = |cause| BackfillError::Input { path: path.clone(), cause };
         let file = std::fs::File::open(path).map_err(input_err)?;
         let id = app_id(name);
         let data_done = self.data.committed_position(&id).await?.unwrap_or(-1);

@@ -16,8 +16,8 @@ use serde::Deserialize;
 /// Errors that stop a run before it starts.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: table {table:?} is not defined; defined tables: {known}")]
@@ -254,7 +254,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 impl Config {
     /// Reads, overrides from the environment, and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { path: path.into(), cause })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::from_str_with_env(&text, &path.display().to_string(), base, std::env::vars())
     }

@@ -8,8 +8,8 @@ use super::diff::check_evolution;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinnedError {
-    #[error("cannot read contract folder {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read contract folder {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path} is not an additive evolution of v{previous}:\n{reasons}")]
@@ -29,10 +29,10 @@ impl PinnedContracts {
         let mut found = Vec::new();
         match std::fs::read_dir(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(PinnedError::Read { path: dir.into(), source }),
+            Err(cause) => return Err(PinnedError::Read { path: dir.into(), cause }),
             Ok(entries) => {
                 for entry in entries {
-                    let entry = entry.map_err(|source| PinnedError::Read { path: dir.into(), source })?;
+                    let entry = entry.map_err(|cause| PinnedError::Read { path: dir.into(), cause })?;
                     let name = entry.file_name().to_string_lossy().to_string();
                     let Some(n) = name.strip_prefix('v').and_then(|r| r.strip_suffix(".ddl")) else { continue };
                     let Ok(n) = n.parse::<u32>() else { continue };
@@ -44,7 +44,7 @@ impl PinnedContracts {
         let mut versions: Vec<(u32, Contract)> = Vec::new();
         for (n, path) in found {
             let text =
-                std::fs::read_to_string(&path).map_err(|source| PinnedError::Read { path: path.clone(), source })?;
+                std::fs::read_to_string(&path).map_err(|cause| PinnedError::Read { path: path.clone(), cause })?;
             let contract = Contract::parse(&text)
                 .map_err(|e| PinnedError::Parse { path: path.clone(), message: e.to_string() })?;
             if let Some((previous, before)) = versions.last() {

@@ -291,7 +291,11 @@ fn unknown_message(pool: &Pool, name: &str) -> SchemaError {
     let hint = if candidates.is_empty() {
         let all = pool.message_names();
         let shown: Vec<&str> = all.iter().copied().filter(|n| !n.starts_with("google.protobuf.")).take(12).collect();
-        format!("; it has: {}", shown.join(", "))
+        if shown.is_empty() {
+            "; it has no messages of its own (built without the .proto that defines it?)".to_string()
+        } else {
+            format!("; it has: {}", shown.join(", "))
+        }
     } else {
         format!("; did you mean {}?", candidates.join(" or "))
     };

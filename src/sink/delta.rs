@@ -21,8 +21,8 @@ use crate::config::ParquetOptions;
 pub enum SinkError {
     #[error("table location {location:?}: {message}")]
     Location { location: String, message: String },
-    #[error("Delta table {location}: {source}")]
-    Delta { location: String, source: DeltaTableError },
+    #[error("Delta table {location}: {cause}")]
+    Delta { location: String, cause: DeltaTableError },
     #[error("Delta table {location}: schema {message}")]
     Schema { location: String, message: String },
 }
@@ -72,7 +72,7 @@ impl TableWriter {
         parquet: &ParquetOptions,
         target_file_size: u64,
     ) -> Result<Self, SinkError> {
-        let err = |source| SinkError::Delta { location: location.to_string(), source };
+        let err = |cause| SinkError::Delta { location: location.to_string(), cause };
         if !location.contains("://") {
             std::fs::create_dir_all(location).map_err(|e| SinkError::Location {
                 location: location.to_string(),
@@ -121,7 +121,7 @@ impl TableWriter {
 
     /// The last position committed for a source (`app_id`), if any.
     pub async fn committed_position(&self, app_id: &str) -> Result<Option<i64>, SinkError> {
-        let err = |source| SinkError::Delta { location: self.location.clone(), source };
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
         let snapshot = self.table.snapshot().map_err(err)?;
         snapshot.transaction_version(self.table.log_store().as_ref(), app_id).await.map_err(err)
     }
@@ -131,7 +131,7 @@ impl TableWriter {
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
         let batch = self.in_table_order(batch)?;
         let location = &self.location;
-        let err = |source| SinkError::Delta { location: location.clone(), source };
+        let err = |cause| SinkError::Delta { location: location.clone(), cause };
         // A batch within one date partition (the usual case) skips the writer's split by
         // partition, which re-encodes and copies every row.
         match single_date_partition(&batch, &self.partition_columns) {
@@ -171,7 +171,7 @@ impl TableWriter {
     /// Finishes the open files and commits them with the source positions they cover, in one
     /// Delta commit. Returns the new table version (None when there was nothing to commit).
     pub async fn commit(&mut self, positions: Vec<(String, i64)>, info: &CommitInfo) -> Result<Option<u64>, SinkError> {
-        let err = |source| SinkError::Delta { location: self.location.clone(), source };
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
         let adds = self.writer.flush().await.map_err(err)?;
         if adds.is_empty() && positions.is_empty() {
             return Ok(None);
@@ -208,7 +208,7 @@ impl TableWriter {
 
 /// The schema of the table at `location`, or None when there is no table there.
 pub async fn table_schema_at(location: &str) -> Result<Option<SchemaRef>, SinkError> {
-    let err = |source| SinkError::Delta { location: location.to_string(), source };
+    let err = |cause| SinkError::Delta { location: location.to_string(), cause };
     if !location.contains("://") && !std::path::Path::new(location).join("_delta_log").is_dir() {
         return Ok(None);
     }
@@ -225,7 +225,7 @@ pub async fn table_schema_at(location: &str) -> Result<Option<SchemaRef>, SinkEr
 /// with the differences.
 async fn evolve_if_additive(table: DeltaTable, location: &str, schema: &SchemaRef) -> Result<DeltaTable, SinkError> {
     use crate::contract::{check_evolution, diff, Contract};
-    let err = |source| SinkError::Delta { location: location.to_string(), source };
+    let err = |cause| SinkError::Delta { location: location.to_string(), cause };
     let schema_err = |message: String| SinkError::Schema { location: location.to_string(), message };
     let existing = table.snapshot().map_err(err)?.snapshot().arrow_schema();
     let found = Contract::from_arrow(&existing).map_err(|e| schema_err(e.to_string()))?;
