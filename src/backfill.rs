@@ -206,6 +206,7 @@ impl Run {
                     reason: "truncated".into(),
                     field_path: String::new(),
                     coordinates,
+                    headers: Vec::new(),
                 }),
             }
             self.positions.insert(id.clone(), index);

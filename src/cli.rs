@@ -27,6 +27,9 @@ pub enum Command {
     /// Inspect the table schema a protobuf message maps to.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Run the ingest daemon: consume each configured table's Kafka topic into its Delta table
+    /// (exactly once: offsets are committed in the Delta commits) until SIGTERM/SIGINT.
+    Ingest(IngestArgs),
     /// Ingest archived varint-delimited protobuf files into a Delta table (and its dead-letter
     /// table). Rerunning over the same files adds nothing.
     Backfill(BackfillArgs),
@@ -57,6 +60,32 @@ pub struct TableArgs {
     /// Table name in the config file.
     #[arg(long, value_name = "NAME")]
     pub table: String,
+}
+
+#[derive(Args)]
+pub struct IngestArgs {
+    /// The config file.
+    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
+    pub config: PathBuf,
+    /// Ingest only these tables (default: every table with a `topic`).
+    #[arg(long = "table", value_name = "NAME")]
+    pub tables: Vec<String>,
+    /// Commit and exit once no message has arrived for this long, e.g. `30s` (a catch-up run);
+    /// without it the daemon runs until stopped.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub exit_when_idle: Option<std::time::Duration>,
+    /// Log format: `text` for people, `json` for log pipelines. Levels come from RUST_LOG
+    /// (default `warn,protolake=info`).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Serve /metrics, /healthz and /readyz on this address (overrides ingest.metrics_address;
+    /// `off` disables them).
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub metrics_address: Option<String>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    protolake::config::parse_duration(text)
 }
 
 #[derive(Args)]

@@ -12,15 +12,22 @@ use protolake::contract::{delta_schema, diff, diff_types, Contract, PinnedContra
 use protolake::decode::{DecodeOptions, Decoder};
 use protolake::validate::{validator_for, RecordValidator};
 
-use crate::cli::{load_pool, BackfillArgs, TableArgs};
+use crate::cli::{load_pool, BackfillArgs, IngestArgs, TableArgs};
 
 /// Builds the decoder of a configured table and the validator of its `buf.validate` rules.
 pub fn table_decoder(table: &TableConfig) -> Result<(Decoder, Option<RecordValidator>)> {
+    let (decoder, validator, _) = table_decoder_and_index(table)?;
+    Ok((decoder, validator))
+}
+
+/// [`table_decoder`], with the message's index path in its file (Confluent framing).
+fn table_decoder_and_index(table: &TableConfig) -> Result<(Decoder, Option<RecordValidator>, Vec<i32>)> {
     let pool = load_pool(&table.descriptor).with_context(|| format!("table {}", table.name))?;
+    let index_path = pool.message(&table.message).map(|m| m.index_path.clone()).unwrap_or_default();
     let options = DecodeOptions { recursion_depth: table.recursion_depth };
     let decoder = Decoder::new(&pool, &table.message, &options).with_context(|| format!("table {}", table.name))?;
     let validator = validator_for(&pool, &table.message).with_context(|| format!("table {}", table.name))?;
-    Ok((decoder, validator))
+    Ok((decoder, validator, index_path))
 }
 
 /// The contract a descriptor implies, in Delta storage types.
@@ -302,4 +309,121 @@ fn absolute(location: &str) -> String {
         return location.to_string();
     }
     std::env::current_dir().map(|d| d.join(location)).unwrap_or_else(|_| PathBuf::from(location)).display().to_string()
+}
+
+pub async fn ingest(args: &IngestArgs) -> Result<ExitCode> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    init_logging(&args.log_format);
+    let config = Config::load(&args.config)?;
+    let names: Vec<String> = if args.tables.is_empty() {
+        config.tables.values().filter(|t| t.topic.is_some()).map(|t| t.name.clone()).collect()
+    } else {
+        args.tables.clone()
+    };
+    if names.is_empty() {
+        bail!("{}: no table has a `topic`; set topic = \"...\" in a [tables.NAME] section to ingest it", config.source);
+    }
+    if !config.kafka.properties.contains_key("bootstrap.servers") {
+        bail!(
+            "{}: set kafka.bootstrap_servers = \"host:9092\" (or PROTOLAKE__KAFKA__BOOTSTRAP_SERVERS)",
+            config.source
+        );
+    }
+    let mut setups = Vec::new();
+    for name in &names {
+        let table = config.table(name)?;
+        if table.topic.is_none() {
+            bail!("table {name} has no topic; set topic = \"...\" in [tables.{name}] to ingest it");
+        }
+        let (decoder, validator, index_path) = table_decoder_and_index(table)?;
+        // Refuses, with the diff and the fix, when the descriptor and the pinned contract disagree.
+        let contract = pinned_contract(table, &decoder)?;
+        if contract.is_none() {
+            tracing::warn!(table = %name, "no pinned contract; writing the descriptor's schema (ad-hoc)");
+        }
+        setups.push(protolake::ingest::TableSetup { config: table.clone(), decoder, validator, contract, index_path });
+    }
+    tracing::info!(
+        tables = ?names,
+        group = %config.kafka.group_id,
+        kafka = ?config.kafka.redacted(),
+        "starting"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(protolake::metrics::Metrics::new());
+    let health = Arc::new(protolake::metrics::Health::default());
+    let address = match args.metrics_address.as_deref() {
+        Some("off") => None,
+        Some(a) => Some(a.to_string()),
+        None => config.ingest.metrics_address.clone(),
+    };
+    if let Some(address) = address {
+        let addr: std::net::SocketAddr =
+            address.parse().with_context(|| format!("metrics address {address:?} is not HOST:PORT"))?;
+        let stopped = stop.clone();
+        let (m, h) = (metrics.clone(), health.clone());
+        let server = protolake::metrics::serve(addr, m, h, async move {
+            while !stopped.load(Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        });
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(%addr, error = %e, "metrics endpoint stopped");
+            }
+        });
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    }
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!(
+                    "stopping: committing open batches and leaving the group (signal again to exit at once)"
+                );
+                signal_stop.store(true, Ordering::SeqCst);
+            } else {
+                tracing::warn!("exiting without committing; the open batches will be read again");
+                std::process::exit(130);
+            }
+        }
+    });
+    let options = protolake::ingest::IngestOptions { exit_when_idle: args.exit_when_idle };
+    let reports =
+        protolake::ingest::run(setups, &config.kafka, &config.ingest, &options, stop, metrics, health).await?;
+    for r in reports {
+        tracing::info!(
+            table = %r.table,
+            records = r.records,
+            rows = r.rows,
+            dead_letters = r.dead_letters,
+            skipped = r.skipped,
+            commits = r.commits,
+            conflicts = r.conflicts,
+            version = ?r.table_version,
+            "stopped"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,protolake=info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

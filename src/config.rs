@@ -120,6 +120,66 @@ pub struct TableConfig {
     pub parquet: ParquetOptions,
     /// Records larger than this are dead letters, not allocations.
     pub max_record_bytes: usize,
+    /// The Kafka topic `ingest` reads into this table (None: the table is only backfilled).
+    pub topic: Option<String>,
+    pub framing: Framing,
+    /// A Kafka topic that also receives each dead letter (at least once; the DLQ table is exact).
+    pub dlq_topic: Option<String>,
+    /// Commits between two Delta checkpoints (the table property `delta.checkpointInterval`).
+    pub checkpoint_interval: u32,
+}
+
+/// How a Kafka message's value carries the protobuf record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// The value is the serialized message.
+    #[default]
+    Raw,
+    /// Confluent Schema Registry wire format: magic byte 0, a 4-byte schema id, the message
+    /// indexes, then the message. Only the listed schema ids are accepted.
+    Confluent { schema_ids: Vec<u32> },
+}
+
+/// The Kafka client settings shared by every table of `ingest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// librdkafka properties, `${VAR}` already replaced from the environment.
+    pub properties: BTreeMap<String, String>,
+    /// Each table's consumer group is `<group_id>.<table>`.
+    pub group_id: String,
+}
+
+impl KafkaConfig {
+    /// Properties whose values must never be printed.
+    pub fn is_secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        ["password", "secret", "jaas", "token", "key.pem", "private", "keystore", "truststore", "credentials"]
+            .iter()
+            .any(|s| k.contains(s))
+    }
+
+    /// The properties for a log line, secrets replaced by `***`.
+    pub fn redacted(&self) -> BTreeMap<String, String> {
+        self.properties
+            .iter()
+            .map(|(k, v)| (k.clone(), if Self::is_secret(k) { "***".to_string() } else { v.clone() }))
+            .collect()
+    }
+}
+
+/// Settings of the `ingest` daemon itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// Address of the `/metrics`, `/healthz` and `/readyz` endpoints (None: not served).
+    pub metrics_address: Option<String>,
+    /// How long a commit may keep failing (storage unreachable) before the daemon gives up.
+    pub commit_retry_for: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { metrics_address: Some("127.0.0.1:9464".into()), commit_retry_for: Duration::from_secs(300) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +187,8 @@ pub struct Config {
     /// The file the config came from (paths in it are relative to its folder).
     pub source: String,
     pub tables: BTreeMap<String, TableConfig>,
+    pub kafka: KafkaConfig,
+    pub ingest: IngestConfig,
 }
 
 // --- raw form ---------------------------------------------------------------------------------
@@ -136,6 +198,26 @@ pub struct Config {
 struct RawConfig {
     #[serde(default)]
     tables: BTreeMap<String, RawTable>,
+    #[serde(default)]
+    kafka: RawKafka,
+    #[serde(default)]
+    ingest: RawIngest,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    bootstrap_servers: Option<String>,
+    group_id: Option<String>,
+    #[serde(default)]
+    properties: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngest {
+    metrics_address: Option<String>,
+    commit_retry_for: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +241,12 @@ struct RawTable {
     #[serde(default)]
     parquet: RawParquet,
     max_record_bytes: Option<ByteSize>,
+    topic: Option<String>,
+    framing: Option<String>,
+    #[serde(default)]
+    schema_ids: Vec<u32>,
+    dlq_topic: Option<String>,
+    checkpoint_interval: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -266,12 +354,14 @@ impl Config {
         base: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let env_lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let mut value: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: source.into(), message: e.to_string() })?;
-        for (key, raw) in env {
+        for (key, raw) in &env {
             let Some(rest) = key.strip_prefix("PROTOLAKE__") else { continue };
             let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            apply_override(&mut value, &segments, &raw)
+            apply_override(&mut value, &segments, raw)
                 .map_err(|message| ConfigError::Parse { path: format!("environment variable {key}"), message })?;
         }
         let raw: RawConfig = toml::Value::Table(value)
@@ -282,7 +372,17 @@ impl Config {
             let table = validate_table(&name, t, base)?;
             tables.insert(name, table);
         }
-        Ok(Config { source: source.into(), tables })
+        let kafka = validate_kafka(raw.kafka, source, &env_lookup)?;
+        let defaults = IngestConfig::default();
+        let ingest = IngestConfig {
+            metrics_address: match raw.ingest.metrics_address {
+                Some(a) if a.trim().is_empty() => None,
+                Some(a) => Some(a),
+                None => defaults.metrics_address,
+            },
+            commit_retry_for: raw.ingest.commit_retry_for.map_or(defaults.commit_retry_for, |d| d.0),
+        };
+        Ok(Config { source: source.into(), tables, kafka, ingest })
     }
 
     pub fn table(&self, name: &str) -> Result<&TableConfig, ConfigError> {
@@ -314,6 +414,78 @@ fn apply_override(table: &mut toml::Table, segments: &[String], raw: &str) -> Re
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     current.insert(last.clone(), parsed);
     Ok(())
+}
+
+/// Replaces each `${NAME}` in a property value with the environment variable NAME.
+fn interpolate(key: &str, value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("kafka.properties.\"{key}\": unclosed ${{ in the value"))?;
+        let name = &after[..end];
+        let v = env(name).ok_or_else(|| {
+            format!("kafka.properties.\"{key}\" refers to the environment variable {name}, which is not set")
+        })?;
+        out.push_str(&v);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn validate_kafka(
+    raw: RawKafka,
+    source: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<KafkaConfig, ConfigError> {
+    let invalid = |message: String| ConfigError::Parse { path: source.into(), message };
+    let mut properties = BTreeMap::new();
+    for (key, value) in raw.properties {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                return Err(invalid(format!(
+                    "kafka.properties.\"{key}\" must be a string, number or boolean, not {}",
+                    other.type_str()
+                )))
+            }
+        };
+        properties.insert(key.clone(), interpolate(&key, &text, env).map_err(invalid)?);
+    }
+    for (key, managed) in [
+        ("group.id", "set kafka.group_id instead (each table's group is <group_id>.<table>)"),
+        ("enable.auto.commit", "offsets are committed by protolake after each Delta commit"),
+        ("enable.auto.offset.store", "offsets are committed by protolake after each Delta commit"),
+    ] {
+        if properties.contains_key(key) {
+            return Err(invalid(format!("kafka.properties.\"{key}\" cannot be set: {managed}")));
+        }
+    }
+    if let Some(servers) = raw.bootstrap_servers {
+        if properties.contains_key("bootstrap.servers") {
+            return Err(invalid(
+                "set kafka.bootstrap_servers or kafka.properties.\"bootstrap.servers\", not both".into(),
+            ));
+        }
+        properties.insert("bootstrap.servers".into(), servers);
+    }
+    if let Some(reset) = properties.get("auto.offset.reset") {
+        if !["earliest", "smallest", "beginning", "latest", "largest", "end"].contains(&reset.as_str()) {
+            return Err(invalid(format!(
+                "kafka.properties.\"auto.offset.reset\" = {reset:?}: use \"earliest\" or \"latest\""
+            )));
+        }
+    }
+    let group_id = raw.group_id.unwrap_or_else(|| "protolake".into());
+    if group_id.trim().is_empty() {
+        return Err(invalid("kafka.group_id is empty".into()));
+    }
+    Ok(KafkaConfig { properties, group_id })
 }
 
 fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, ConfigError> {
@@ -396,6 +568,34 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
     let max_record_bytes = t.max_record_bytes.map_or(16 * 1024 * 1024, |b| b.0);
     let max_record_bytes =
         usize::try_from(max_record_bytes).map_err(|_| invalid("max_record_bytes is too large".into()))?;
+    let framing = match (t.framing.as_deref(), t.schema_ids.is_empty()) {
+        (None | Some("raw"), true) => Framing::Raw,
+        (None | Some("raw"), false) => {
+            return Err(invalid("schema_ids apply to framing = \"confluent\" only".into()));
+        }
+        (Some("confluent"), true) => {
+            return Err(invalid(
+                "framing = \"confluent\" needs schema_ids = [..]: the Schema Registry ids whose messages this table accepts"
+                    .into(),
+            ))
+        }
+        (Some("confluent"), false) => Framing::Confluent { schema_ids: t.schema_ids },
+        (Some(other), _) => {
+            return Err(invalid(format!("framing = {other:?} is not known; use \"raw\" or \"confluent\"")));
+        }
+    };
+    for (key, value) in [("topic", &t.topic), ("dlq_topic", &t.dlq_topic)] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(invalid(format!("{key} is empty")));
+        }
+    }
+    if t.dlq_topic.is_some() && t.dlq_topic == t.topic {
+        return Err(invalid("dlq_topic must differ from topic".into()));
+    }
+    let checkpoint_interval = t.checkpoint_interval.unwrap_or(100);
+    if checkpoint_interval == 0 {
+        return Err(invalid("checkpoint_interval must be at least 1".into()));
+    }
     Ok(TableConfig {
         name: name.into(),
         descriptor,
@@ -409,6 +609,10 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
         flush,
         parquet,
         max_record_bytes,
+        topic: t.topic,
+        framing,
+        dlq_topic: t.dlq_topic,
+        checkpoint_interval,
     })
 }
 
@@ -510,6 +714,60 @@ mod tests {
             (format!("{GOOD}\ndlq_location = \"lake/events\""), "dlq_location must differ from location"),
             (GOOD.replace("[tables.events]", "[tables.\"my events\"]"), "table names may use"),
             (GOOD.replace("unit = \"milliseconds\"", "unit = \"fortnights\""), "unknown variant `fortnights`"),
+        ];
+        for (text, expected) in cases {
+            let e = load_err(&text);
+            assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+    }
+
+    #[test]
+    fn kafka_settings_and_secrets() {
+        let text = format!(
+            "{GOOD}\ntopic = \"events\"\nframing = \"confluent\"\nschema_ids = [4, 5]\ndlq_topic = \"events.dlq\"\n\n\
+             [kafka]\nbootstrap_servers = \"b:9092\"\n\
+             properties = {{ \"sasl.password\" = \"${{PW}}\", \"session.timeout.ms\" = 6000, \"ssl.ca.location\" = \"/ca-${{ENVNAME}}.pem\" }}\n"
+        );
+        let env = vec![("PW".to_string(), "hunter2".to_string()), ("ENVNAME".to_string(), "prod".to_string())];
+        let c = Config::from_str_with_env(&text, "protolake.toml", Path::new("/etc/pl"), env).unwrap();
+        let t = c.table("events").unwrap();
+        assert_eq!(t.topic.as_deref(), Some("events"));
+        assert_eq!(t.framing, Framing::Confluent { schema_ids: vec![4, 5] });
+        assert_eq!(t.checkpoint_interval, 100);
+        assert_eq!(c.kafka.group_id, "protolake");
+        assert_eq!(c.kafka.properties["bootstrap.servers"], "b:9092");
+        assert_eq!(c.kafka.properties["sasl.password"], "hunter2");
+        assert_eq!(c.kafka.properties["session.timeout.ms"], "6000");
+        assert_eq!(c.kafka.properties["ssl.ca.location"], "/ca-prod.pem");
+        let shown = format!("{:?}", c.kafka.redacted());
+        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+        assert_eq!(c.ingest.metrics_address.as_deref(), Some("127.0.0.1:9464"));
+
+        let e = Config::from_str_with_env(&text, "protolake.toml", Path::new("/"), Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("refers to the environment variable PW, which is not set"), "{e}");
+    }
+
+    #[test]
+    fn rejected_kafka_combinations_say_why() {
+        let cases = [
+            (format!("{GOOD}\ntopic = \"t\"\nframing = \"confluent\""), "needs schema_ids"),
+            (format!("{GOOD}\ntopic = \"t\"\nschema_ids = [1]"), "schema_ids apply to framing = \"confluent\" only"),
+            (format!("{GOOD}\ntopic = \"t\"\nframing = \"avro\""), "framing = \"avro\" is not known"),
+            (format!("{GOOD}\ntopic = \"t\"\ndlq_topic = \"t\""), "dlq_topic must differ from topic"),
+            (format!("{GOOD}\ncheckpoint_interval = 0"), "checkpoint_interval must be at least 1"),
+            (format!("{GOOD}\n[kafka]\nproperties = {{ \"group.id\" = \"x\" }}"), "set kafka.group_id instead"),
+            (format!("{GOOD}\n[kafka]\nproperties = {{ \"enable.auto.commit\" = true }}"), "cannot be set"),
+            (
+                format!("{GOOD}\n[kafka]\nbootstrap_servers = \"a\"\nproperties = {{ \"bootstrap.servers\" = \"b\" }}"),
+                "not both",
+            ),
+            (
+                format!("{GOOD}\n[kafka]\nproperties = {{ \"auto.offset.reset\" = \"oldest\" }}"),
+                "use \"earliest\" or \"latest\"",
+            ),
+            (format!("{GOOD}\n[kafka]\nproperties = {{ \"a\" = [1] }}"), "must be a string, number or boolean"),
+            (format!("{GOOD}\n[kafka]\nbrokers = \"a\""), "unknown field `brokers`"),
+            (format!("{GOOD}\n[ingest]\nmetrics_port = 1"), "unknown field `metrics_port`"),
         ];
         for (text, expected) in cases {
             let e = load_err(&text);

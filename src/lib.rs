@@ -6,12 +6,17 @@
 //! * [`source`]: where records come from (archived files, Kafka).
 //! * [`pipeline`]: one table's records → rows and dead letters.
 //! * [`sink`]: Delta tables (data and dead letters).
+//! * [`ingest`]: the Kafka → Delta daemon; [`metrics`]: its metrics and health endpoints.
 
 #[cfg(feature = "delta")]
 pub mod backfill;
 pub mod config;
 pub mod contract;
 pub mod decode;
+#[cfg(feature = "kafka")]
+pub mod ingest;
+#[cfg(feature = "kafka")]
+pub mod metrics;
 pub mod pipeline;
 #[cfg(feature = "delta")]
 pub mod sink;

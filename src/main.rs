@@ -23,6 +23,7 @@ fn main() -> ExitCode {
             Command::Schema(SchemaCommand::Init(args)) => commands::schema_init(args),
             Command::Schema(SchemaCommand::Check(args)) => commands::schema_check(args).await,
             Command::Backfill(args) => commands::backfill(args).await,
+            Command::Ingest(args) => commands::ingest(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
         }
     });

@@ -19,7 +19,7 @@ use arrow::error::ArrowError;
 use crate::config::{EventTime, TimeUnit as EventUnit};
 use crate::contract::{delta_schema, to_delta_batch, Contract};
 use crate::decode::{Decoder, RecordError};
-use crate::source::Coordinates;
+use crate::source::{Coordinates, Headers};
 use crate::validate::RecordValidator;
 
 /// Metadata column names; payload fields may not use them.
@@ -54,6 +54,8 @@ pub struct DeadLetter {
     pub message: String,
     pub field_path: String,
     pub coordinates: Coordinates,
+    /// The Kafka message's headers (empty for files).
+    pub headers: Headers,
 }
 
 impl DeadLetter {
@@ -64,6 +66,7 @@ impl DeadLetter {
             message: format!("{} (byte {})", e.message, e.byte_offset),
             field_path: e.field_path(),
             coordinates,
+            headers: Vec::new(),
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct TablePipeline {
     raw: Vec<u8>,
     raw_ends: Vec<usize>,
     coordinates: Vec<Coordinates>,
+    /// Headers of the pending rows that have any, by row (kept in case a rule refuses the row).
+    headers: Vec<(usize, Headers)>,
     dead: Vec<DeadLetter>,
     max_record_bytes: usize,
     validator: Option<RecordValidator>,
@@ -145,6 +150,7 @@ impl TablePipeline {
             raw: Vec::new(),
             raw_ends: Vec::new(),
             coordinates: Vec::new(),
+            headers: Vec::new(),
             dead: Vec::new(),
             max_record_bytes,
             validator: None,
@@ -182,8 +188,16 @@ impl TablePipeline {
 
     /// Decodes one record; a bad one becomes a dead letter.
     pub fn push(&mut self, bytes: &[u8], coordinates: Coordinates) {
+        self.push_with_headers(bytes, coordinates, Headers::new());
+    }
+
+    /// [`push`](Self::push) for a record whose headers go with it if it becomes a dead letter.
+    pub fn push_with_headers(&mut self, bytes: &[u8], coordinates: Coordinates, headers: Headers) {
         if bytes.len() > self.max_record_bytes {
             self.dead_letter_oversized(bytes.len() as u64, Some(bytes), coordinates);
+            if let Some(last) = self.dead.last_mut() {
+                last.headers = headers;
+            }
             return;
         }
         if let Some(validator) = &self.validator {
@@ -197,6 +211,7 @@ impl TablePipeline {
                     message: listed.join("; "),
                     field_path: first.field_path.clone(),
                     coordinates,
+                    headers,
                 });
                 return;
             }
@@ -205,9 +220,16 @@ impl TablePipeline {
             Ok(()) => {
                 self.raw.extend_from_slice(bytes);
                 self.raw_ends.push(self.raw.len());
+                if !headers.is_empty() {
+                    self.headers.push((self.coordinates.len(), headers));
+                }
                 self.coordinates.push(coordinates);
             }
-            Err(e) => self.dead.push(DeadLetter::from_record_error(bytes, &e, coordinates)),
+            Err(e) => {
+                let mut letter = DeadLetter::from_record_error(bytes, &e, coordinates);
+                letter.headers = headers;
+                self.dead.push(letter);
+            }
         }
     }
 
@@ -222,7 +244,18 @@ impl TablePipeline {
             ),
             field_path: String::new(),
             coordinates,
+            headers: Vec::new(),
         });
+    }
+
+    /// Drops everything pushed since the last `take` (a batch abandoned before its commit).
+    pub fn discard(&mut self) {
+        let _ = self.decoder.flush();
+        self.raw.clear();
+        self.raw_ends.clear();
+        self.coordinates.clear();
+        self.headers.clear();
+        self.dead.clear();
     }
 
     pub fn dead_letter(&mut self, letter: DeadLetter) {
@@ -236,6 +269,7 @@ impl TablePipeline {
         let raw = std::mem::take(&mut self.raw);
         let ends = std::mem::take(&mut self.raw_ends);
         let coordinates = std::mem::take(&mut self.coordinates);
+        let mut headers = std::mem::take(&mut self.headers);
         let mut dead = std::mem::take(&mut self.dead);
         if decoded.num_rows() == 0 {
             return Ok((None, dead));
@@ -253,6 +287,11 @@ impl TablePipeline {
                     message,
                     field_path: path.into(),
                     coordinates: coordinates[row].clone(),
+                    headers: headers
+                        .iter_mut()
+                        .find(|(r, _)| *r == row)
+                        .map(|(_, h)| std::mem::take(h))
+                        .unwrap_or_default(),
                 });
             }
         };

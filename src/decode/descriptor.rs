@@ -239,6 +239,9 @@ pub struct MessageDef {
     pub fields: Vec<FieldDef>,
     pub oneofs: Vec<String>,
     pub map_entry: bool,
+    /// Where the message is declared in its file: its index among the file's messages, then
+    /// among each enclosing message's nested ones (the Confluent wire format's message indexes).
+    pub index_path: Vec<i32>,
 }
 
 #[derive(Debug, Clone)]
@@ -361,8 +364,8 @@ impl Pool {
             for e in &file.enum_type {
                 pool.add_enum(&prefix, e, features);
             }
-            for m in &file.message_type {
-                pool.add_message(&prefix, m, &ctx, features)?;
+            for (i, m) in file.message_type.iter().enumerate() {
+                pool.add_message(&prefix, m, &ctx, features, vec![i as i32])?;
             }
         }
         pool.check_references()?;
@@ -383,14 +386,17 @@ impl Pool {
         m: &raw::DescriptorProto,
         file: &FileCtx,
         parent: Features,
+        index_path: Vec<i32>,
     ) -> Result<(), SchemaError> {
         let full_name = qualify(prefix, m.name.as_deref().unwrap_or_default());
         let features = parent.merged(m.options.as_ref().and_then(|o| o.features.as_ref()));
         for e in &m.enum_type {
             self.add_enum(&full_name, e, features);
         }
-        for nested in &m.nested_type {
-            self.add_message(&full_name, nested, file, features)?;
+        for (i, nested) in m.nested_type.iter().enumerate() {
+            let mut path = index_path.clone();
+            path.push(i as i32);
+            self.add_message(&full_name, nested, file, features, path)?;
         }
         // A oneof is synthetic when it only exists to give a proto3 `optional` field presence.
         let synthetic: Vec<bool> = (0..m.oneof_decl.len())
@@ -413,8 +419,10 @@ impl Pool {
         let map_entry = m.options.as_ref().and_then(|o| o.map_entry).unwrap_or(false);
         let has_validation_rules = m.options.as_ref().is_some_and(|o| o.validate.is_some())
             || m.field.iter().any(|f| f.options.as_ref().is_some_and(|o| o.validate.is_some()));
-        self.messages
-            .insert(full_name.clone(), MessageDef { has_validation_rules, full_name, fields, oneofs, map_entry });
+        self.messages.insert(
+            full_name.clone(),
+            MessageDef { has_validation_rules, full_name, fields, oneofs, map_entry, index_path },
+        );
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -25,6 +25,30 @@ pub enum SinkError {
     Delta { location: String, cause: DeltaTableError },
     #[error("Delta table {location}: schema {message}")]
     Schema { location: String, message: String },
+    /// Another writer committed something this commit depends on (e.g. the same source
+    /// positions): the batch must be abandoned and its source re-read from the table.
+    #[error("Delta table {location}: a concurrent commit conflicts with this one: {cause}")]
+    Conflict { location: String, cause: DeltaTableError },
+}
+
+impl SinkError {
+    fn from_commit(location: &str, cause: DeltaTableError) -> Self {
+        use deltalake::kernel::transaction::TransactionError;
+        let location = location.to_string();
+        match &cause {
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_) | TransactionError::MaxCommitAttempts(_),
+            } => SinkError::Conflict { location, cause },
+            _ => SinkError::Delta { location, cause },
+        }
+    }
+}
+
+/// What a commit added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub version: u64,
+    pub files: usize,
 }
 
 /// What a commit records besides its files: table-level facts for `commitInfo`.
@@ -43,6 +67,10 @@ pub struct TableWriter {
     table: DeltaTable,
     writer: RecordBatchWriter,
     schema: SchemaRef,
+    /// Files written by a commit that failed; the next commit retries them.
+    unflushed: Vec<Add>,
+    writer_properties: WriterProperties,
+    target_file_size: u64,
 }
 
 fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
@@ -99,12 +127,43 @@ impl TableWriter {
         }
         // Columns are written in the table's order (an evolved table has its new columns last).
         let schema: SchemaRef = table.snapshot().map_err(err)?.snapshot().arrow_schema();
+        let writer_properties = parquet_properties(parquet);
         let writer = RecordBatchWriter::for_table(&table)
             .map_err(err)?
-            .with_writer_properties(parquet_properties(parquet))
+            .with_writer_properties(writer_properties.clone())
             .with_target_file_size(target_file_size);
         let partition_columns = table.snapshot().map_err(err)?.metadata().partition_columns().to_vec();
-        Ok(TableWriter { location: location.to_string(), partition_columns, table, writer, schema })
+        Ok(TableWriter {
+            location: location.to_string(),
+            partition_columns,
+            table,
+            writer,
+            schema,
+            unflushed: Vec::new(),
+            writer_properties,
+            target_file_size,
+        })
+    }
+
+    /// Loads the commits other writers made since this writer last looked.
+    pub async fn refresh(&mut self) -> Result<(), SinkError> {
+        let location = &self.location;
+        self.table
+            .update_incremental(None)
+            .await
+            .map_err(|cause| SinkError::Delta { location: location.clone(), cause })
+    }
+
+    /// Drops the rows written since the last commit. Files already uploaded stay unreferenced
+    /// (never part of the table; `VACUUM` removes them).
+    pub fn abandon(&mut self) -> Result<(), SinkError> {
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
+        self.unflushed.clear();
+        self.writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(err)?
+            .with_writer_properties(self.writer_properties.clone())
+            .with_target_file_size(self.target_file_size);
+        Ok(())
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -169,13 +228,26 @@ impl TableWriter {
     }
 
     /// Finishes the open files and commits them with the source positions they cover, in one
-    /// Delta commit. Returns the new table version (None when there was nothing to commit).
-    pub async fn commit(&mut self, positions: Vec<(String, i64)>, info: &CommitInfo) -> Result<Option<u64>, SinkError> {
+    /// Delta commit (None when there was nothing to commit). The commit is checked against
+    /// every commit made since this writer's snapshot: one that recorded any of the same
+    /// positions fails it with [`SinkError::Conflict`]. After any other failure the written
+    /// files are kept and the next commit retries them.
+    ///
+    /// The writer's snapshot moves to exactly the new version, so that the next commit is
+    /// checked against everything committed after it.
+    pub async fn commit(
+        &mut self,
+        positions: Vec<(String, i64)>,
+        info: &CommitInfo,
+    ) -> Result<Option<Committed>, SinkError> {
         let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        let adds = self.writer.flush().await.map_err(err)?;
-        if adds.is_empty() && positions.is_empty() {
+        let flushed = self.writer.flush().await.map_err(err)?;
+        self.unflushed.extend(flushed);
+        if self.unflushed.is_empty() && positions.is_empty() {
             return Ok(None);
         }
+        let adds = self.unflushed.clone();
+        let files = adds.len();
         let now = chrono::Utc::now().timestamp_millis();
         let txns: Vec<Transaction> = positions
             .into_iter()
@@ -199,10 +271,11 @@ impl TableWriter {
             .with_actions(adds.into_iter().map(Action::Add).collect())
             .build(Some(snapshot), self.table.log_store(), operation)
             .await
-            .map_err(err)?;
+            .map_err(|cause| SinkError::from_commit(&self.location, cause))?;
+        self.unflushed.clear();
         let version = finalized.version();
-        self.table.update_incremental(None).await.map_err(err)?;
-        Ok(Some(version))
+        self.table.update_incremental(Some(version)).await.map_err(err)?;
+        Ok(Some(Committed { version, files }))
     }
 }
 

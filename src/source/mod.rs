@@ -2,6 +2,12 @@
 //! columns, the dead-letter table and exactly-once bookkeeping). Sources know nothing of Arrow.
 
 pub mod file;
+pub mod framing;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
+/// Kafka message headers (key, value), kept with dead letters.
+pub type Headers = Vec<(String, Option<Vec<u8>>)>;
 
 /// The position of one record in its source.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,852 @@
+//! The ingest daemon: each configured table is one Kafka consumer-group member whose records
+//! go through the table's pipeline into its Delta table and dead-letter table.
+//!
+//! Exactly-once. Every Delta commit carries one txn action per partition this daemon owns
+//! (app id [`app_id`], version = the last offset the table holds), so the table is the only
+//! record of progress:
+//! * on every assignment, each partition is started at the offset after the table's;
+//! * a commit is checked by Delta against every commit made since this writer's snapshot; one
+//!   that recorded any of the same partitions (another daemon that still believed it owned
+//!   one) fails it, and the batch is dropped and re-read from the table's positions, so no
+//!   offset is committed twice and positions never move backwards;
+//! * dead letters are committed to the dead-letter table before the rows to the data table,
+//!   and a dead letter at or below the dead-letter table's position is never written again.
+//! Kafka's committed group offsets are written after each Delta commit, for lag monitoring only.
+//!
+//! Threads. Each table runs on a blocking thread of its own: it polls its consumer, decodes,
+//! and commits (Delta calls run on the async runtime through its handle). Rebalance callbacks
+//! run inside `poll` on that same thread; the table's state sits behind a mutex that the loop
+//! never holds while polling.
+//!
+//! Memory. The open batch is bounded by `flush.max_rows` / `flush.max_bytes`; librdkafka's
+//! pre-fetch queue by `queued.max.messages.kbytes`. While a commit runs nothing is polled, so
+//! the pre-fetch queue fills and librdkafka stops fetching: a backlog never grows memory.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::runtime::Handle;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{FlushPolicy, IngestConfig, KafkaConfig, TableConfig};
+use crate::contract::Contract;
+use crate::decode::Decoder;
+use crate::metrics::{Health, Metrics, OutcomeLabel, PartitionLabel, ReasonLabel, TableHealth, TableLabel};
+use crate::pipeline::{DeadLetter, PipelineError, TablePipeline};
+use crate::sink::{dead_letter_batch, dlq_schema, CommitInfo, SinkError, TableWriter};
+use crate::source::framing::Unframer;
+use crate::source::kafka::{app_id, consumer_config, coordinates, headers, producer_config, starts_at_end};
+use crate::source::Coordinates;
+
+/// Rows decoded between two hand-overs to the Parquet writer.
+const DECODE_BATCH: usize = 65_536;
+/// The longest a poll blocks, so a stop request is noticed promptly.
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("table {table}: no topic; set `topic = \"...\"` in [tables.{table}] to ingest it")]
+    NoTopic { table: String },
+    #[error("table {table}: {cause}")]
+    Pipeline { table: String, cause: PipelineError },
+    #[error("table {table}: {cause}")]
+    Sink { table: String, cause: SinkError },
+    #[error("table {table}: Kafka: {cause}")]
+    Kafka { table: String, cause: KafkaError },
+    #[error("table {table}: {message}")]
+    Stopped { table: String, message: String },
+}
+
+/// A table ready to ingest: its config and what was resolved from its descriptor.
+pub struct TableSetup {
+    pub config: TableConfig,
+    pub decoder: Decoder,
+    pub validator: Option<crate::validate::RecordValidator>,
+    /// The pinned contract and its version; None in ad-hoc mode.
+    pub contract: Option<(u32, Contract)>,
+    /// The message's index path in its file (Confluent framing).
+    pub index_path: Vec<i32>,
+}
+
+/// How a run ends besides a stop request.
+#[derive(Debug, Clone, Default)]
+pub struct IngestOptions {
+    /// Commit and stop once no message has arrived for this long (and at least one partition
+    /// is assigned): for one-off catch-up runs, tests and benchmarks.
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// What one table's loop did.
+#[derive(Debug, Clone, Default)]
+pub struct TableReport {
+    pub table: String,
+    pub records: u64,
+    pub rows: u64,
+    pub dead_letters: u64,
+    pub skipped: u64,
+    pub commits: u64,
+    pub conflicts: u64,
+    pub table_version: Option<u64>,
+}
+
+/// Runs every table until `stop` is set (SIGTERM/SIGINT) or, with `exit_when_idle`, until
+/// each table has caught up. Open batches are committed before returning.
+pub async fn run(
+    tables: Vec<TableSetup>,
+    kafka: &KafkaConfig,
+    ingest: &IngestConfig,
+    options: &IngestOptions,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> Result<Vec<TableReport>, IngestError> {
+    let mut loops = Vec::new();
+    for setup in tables {
+        let name = setup.config.name.clone();
+        let topic = setup.config.topic.clone().ok_or_else(|| IngestError::NoTopic { table: name.clone() })?;
+        let table_health = health.table(&name);
+        let state = TableState::open(setup, kafka, ingest, metrics.clone()).await?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            runtime: Handle::current(),
+            fatal: Mutex::new(None),
+            metrics: metrics.clone(),
+            label: TableLabel { table: name.clone() },
+        });
+        let consumer_config = consumer_config(kafka, &name);
+        let stop = stop.clone();
+        let options = options.clone();
+        let retry_for = ingest.commit_retry_for;
+        loops.push((
+            name,
+            stop.clone(),
+            tokio::task::spawn_blocking(move || {
+                table_loop(shared, consumer_config, topic, &options, &stop, &table_health, retry_for)
+            }),
+        ));
+    }
+    let mut reports = Vec::new();
+    let mut first_error = None;
+    for (name, stop, handle) in loops {
+        match handle.await {
+            Ok(Ok(report)) => reports.push(report),
+            Ok(Err(e)) => {
+                // One table failing stops the others (committing what they hold).
+                stop.store(true, Ordering::SeqCst);
+                first_error.get_or_insert(e);
+            }
+            Err(join) => {
+                stop.store(true, Ordering::SeqCst);
+                first_error.get_or_insert(IngestError::Stopped { table: name, message: join.to_string() });
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
+}
+
+type Tp = (String, i32);
+
+/// What the consumer context and the loop share.
+struct Shared {
+    state: Mutex<TableState>,
+    runtime: Handle,
+    /// An error raised inside a callback, for the loop to stop on.
+    fatal: Mutex<Option<IngestError>>,
+    metrics: Arc<Metrics>,
+    label: TableLabel,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, TableState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_fatal(&self, e: IngestError) {
+        error!(table = %self.label.table, error = %e, "stopping");
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+    }
+
+    fn take_fatal(&self) -> Option<IngestError> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+struct IngestContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for IngestContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let table = &self.shared.label.table;
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                error!(target: "librdkafka", %table, fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", %table, fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => info!(target: "librdkafka", %table, fac, "{message}"),
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", %table, fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared.metrics.kafka_errors.get_or_create(&self.shared.label).inc();
+        warn!(table = %self.shared.label.table, %error, reason, "Kafka client error");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions {
+                if partition < 0 || p.consumer_lag < 0 {
+                    continue;
+                }
+                let label = PartitionLabel { table: self.shared.label.table.clone(), topic: topic.clone(), partition };
+                self.shared.metrics.lag.get_or_create(&label).set(p.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = {
+                    let mut state = self.shared.state();
+                    self.shared.runtime.block_on(state.on_assign(tpl, cooperative))
+                };
+                let result = match assigned {
+                    Ok(()) if cooperative => consumer.incremental_assign(tpl),
+                    Ok(()) => consumer.assign(tpl),
+                    Err(e) => {
+                        // Without the table's positions nothing may be read: take no partitions.
+                        self.shared.set_fatal(e);
+                        if cooperative {
+                            Ok(())
+                        } else {
+                            consumer.unassign()
+                        }
+                    }
+                };
+                if let Err(e) = result {
+                    self.shared.set_fatal(IngestError::Kafka { table: self.shared.label.table.clone(), cause: e });
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                let offsets = {
+                    let mut state = self.shared.state();
+                    self.shared.runtime.block_on(state.on_revoke(tpl, cooperative, lost))
+                };
+                if !lost {
+                    commit_group_offsets(consumer, &offsets, CommitMode::Sync);
+                }
+                let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
+                if let Err(e) = result {
+                    warn!(table = %self.shared.label.table, error = %e, "unassigning partitions");
+                }
+            }
+            other => {
+                warn!(table = %self.shared.label.table, error = ?other, "rebalance error; dropping the assignment");
+                let mut state = self.shared.state();
+                let all: Vec<Tp> = state.owned.keys().cloned().collect();
+                state.abandon();
+                state.release(&all);
+                drop(state);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Writes the Delta-committed positions to Kafka's group offsets (for lag monitoring).
+fn commit_group_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets: &[(Tp, i64)], mode: CommitMode) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), last) in offsets {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(last + 1));
+    }
+    if let Err(e) = consumer.commit(&tpl, mode) {
+        debug!(error = %e, "committing group offsets (used for lag only)");
+    }
+}
+
+/// One table's batch, writers and positions.
+struct TableState {
+    name: String,
+    pipeline: TablePipeline,
+    data: TableWriter,
+    dlq: TableWriter,
+    unframer: Unframer,
+    contract_version: String,
+    flush: FlushPolicy,
+    /// Owned partitions → the last offset the data table holds (-1: none).
+    owned: BTreeMap<Tp, i64>,
+    /// Owned partitions → the last offset the dead-letter table holds (-1: none).
+    dlq_done: BTreeMap<Tp, i64>,
+    /// Last offset taken into the open batch, per partition.
+    pending: BTreeMap<Tp, i64>,
+    dead_since_commit: Vec<DeadLetter>,
+    /// Dead letters handed to the DLQ writer but not yet committed.
+    dlq_dirty: bool,
+    rows_since_commit: u64,
+    dead_letters_since_commit: u64,
+    /// Dead letters written to the DLQ writer but not yet committed, by reason.
+    reasons_since_commit: BTreeMap<String, u64>,
+    input_bytes_since_commit: u64,
+    oldest_pending: Option<Instant>,
+    start_at_end: bool,
+    dlq_topic: Option<(String, BaseProducer)>,
+    metrics: Arc<Metrics>,
+    label: TableLabel,
+    report: TableReport,
+    runtime: Handle,
+    /// When partitions were last assigned (an idle run waits for messages from then on).
+    assigned_at: Instant,
+}
+
+enum Committed {
+    /// Nothing was pending.
+    Nothing,
+    /// The batch is in the table; these positions can go to Kafka's group offsets.
+    Done(Vec<(Tp, i64)>),
+    /// Another writer committed some of the same partitions: the batch was dropped and the
+    /// positions reloaded; the consumer must re-read from them.
+    Conflict,
+}
+
+impl TableState {
+    async fn open(
+        setup: TableSetup,
+        kafka: &KafkaConfig,
+        _ingest: &IngestConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, IngestError> {
+        let name = setup.config.name.clone();
+        let sink_err = |cause| IngestError::Sink { table: name.clone(), cause };
+        let contract_version = setup.contract.as_ref().map_or("adhoc".to_string(), |(v, _)| format!("v{v}"));
+        let pipeline = TablePipeline::new(
+            setup.decoder,
+            setup.contract.as_ref().map(|(_, c)| c),
+            setup.config.event_time.as_ref(),
+            setup.config.max_record_bytes,
+        )
+        .map_err(|cause| IngestError::Pipeline { table: name.clone(), cause })?
+        .with_validator(setup.validator);
+        let properties: std::collections::HashMap<String, String> = [
+            ("protolake.contractVersion".to_string(), contract_version.clone()),
+            ("delta.checkpointInterval".to_string(), setup.config.checkpoint_interval.to_string()),
+        ]
+        .into();
+        let data = TableWriter::open_or_create(
+            &setup.config.location,
+            pipeline.table_schema(),
+            pipeline.partition_columns(),
+            properties.clone(),
+            &setup.config.parquet,
+            setup.config.flush.target_file_size,
+        )
+        .await
+        .map_err(sink_err)?;
+        let dlq = TableWriter::open_or_create(
+            &setup.config.dlq_location,
+            dlq_schema(),
+            Vec::new(),
+            properties,
+            &setup.config.parquet,
+            setup.config.flush.target_file_size,
+        )
+        .await
+        .map_err(sink_err)?;
+        let dlq_topic = match &setup.config.dlq_topic {
+            None => None,
+            Some(topic) => {
+                let producer: BaseProducer = producer_config(kafka)
+                    .create()
+                    .map_err(|cause| IngestError::Kafka { table: name.clone(), cause })?;
+                Some((topic.clone(), producer))
+            }
+        };
+        Ok(TableState {
+            unframer: Unframer::new(setup.config.framing.clone(), setup.index_path),
+            pipeline,
+            data,
+            dlq,
+            contract_version,
+            flush: setup.config.flush.clone(),
+            owned: BTreeMap::new(),
+            dlq_done: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            dead_since_commit: Vec::new(),
+            dlq_dirty: false,
+            rows_since_commit: 0,
+            dead_letters_since_commit: 0,
+            reasons_since_commit: BTreeMap::new(),
+            input_bytes_since_commit: 0,
+            oldest_pending: None,
+            start_at_end: starts_at_end(kafka),
+            dlq_topic,
+            label: TableLabel { table: name.clone() },
+            report: TableReport { table: name.clone(), ..TableReport::default() },
+            runtime: Handle::current(),
+            assigned_at: Instant::now(),
+            metrics,
+            name,
+        })
+    }
+
+    fn sink_err(&self, cause: SinkError) -> IngestError {
+        IngestError::Sink { table: self.name.clone(), cause }
+    }
+
+    /// The offset to start a partition at, from the table's last offset.
+    fn start_offset(&self, last: i64) -> Offset {
+        if last >= 0 {
+            Offset::Offset(last + 1)
+        } else if self.start_at_end {
+            Offset::End
+        } else {
+            Offset::Beginning
+        }
+    }
+
+    /// Reads the tables' positions of `tps` (after loading what other writers committed).
+    async fn load_positions(&mut self, tps: &[Tp]) -> Result<(), IngestError> {
+        self.data.refresh().await.map_err(|e| self.sink_err(e))?;
+        self.dlq.refresh().await.map_err(|e| self.sink_err(e))?;
+        for tp in tps {
+            let id = app_id(&tp.0, tp.1);
+            let data = self.data.committed_position(&id).await.map_err(|e| self.sink_err(e))?.unwrap_or(-1);
+            let dlq = self.dlq.committed_position(&id).await.map_err(|e| self.sink_err(e))?.unwrap_or(-1);
+            self.owned.insert(tp.clone(), data.max(-1));
+            self.dlq_done.insert(tp.clone(), dlq.max(-1));
+        }
+        Ok(())
+    }
+
+    async fn on_assign(&mut self, tpl: &mut TopicPartitionList, cooperative: bool) -> Result<(), IngestError> {
+        let tps: Vec<Tp> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        if !cooperative {
+            // An eager assignment is the whole new set (the revocation before it emptied ours).
+            self.abandon();
+            self.owned.clear();
+            self.dlq_done.clear();
+        } else if !self.pending.is_empty() {
+            // The snapshot must not move under an open batch: commit it first.
+            self.commit_or_abandon().await;
+        }
+        self.load_positions(&tps).await?;
+        for tp in &tps {
+            let offset = self.start_offset(self.owned[tp]);
+            tpl.set_partition_offset(&tp.0, tp.1, offset)
+                .map_err(|cause| IngestError::Kafka { table: self.name.clone(), cause })?;
+        }
+        info!(table = %self.name, partitions = ?tps.iter().map(|(t, p)| format!("{t}/{p}@{}", self.owned[&(t.clone(), *p)] + 1)).collect::<Vec<_>>(), "assigned");
+        self.metrics.assigned.get_or_create(&self.label).set(self.owned.len() as i64);
+        self.assigned_at = Instant::now();
+        Ok(())
+    }
+
+    /// Commits what is open for the revoked partitions (when the assignment was not lost),
+    /// then forgets them. Returns the positions committed.
+    async fn on_revoke(&mut self, tpl: &TopicPartitionList, _cooperative: bool, lost: bool) -> Vec<(Tp, i64)> {
+        let tps: Vec<Tp> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let committed = if lost {
+            // Another member may already own them; its commits win.
+            self.abandon();
+            Vec::new()
+        } else {
+            self.commit_or_abandon().await
+        };
+        self.release(&tps);
+        info!(table = %self.name, partitions = tps.len(), lost, "revoked");
+        committed
+    }
+
+    fn release(&mut self, tps: &[Tp]) {
+        for tp in tps {
+            self.owned.remove(tp);
+            self.dlq_done.remove(tp);
+            self.pending.remove(tp);
+        }
+        self.metrics.assigned.get_or_create(&self.label).set(self.owned.len() as i64);
+    }
+
+    /// Commits the open batch; on failure the batch is dropped (its records will be read
+    /// again by whoever owns their partitions next).
+    async fn commit_or_abandon(&mut self) -> Vec<(Tp, i64)> {
+        match self.commit().await {
+            Ok(Committed::Done(offsets)) => offsets,
+            Ok(Committed::Nothing | Committed::Conflict) => Vec::new(),
+            Err(e) => {
+                warn!(table = %self.name, error = %e, "commit failed; the open batch is dropped and will be read again");
+                self.abandon();
+                Vec::new()
+            }
+        }
+    }
+
+    /// Takes a message into the open batch.
+    fn accept(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), IngestError> {
+        let tp = (message.topic().to_string(), message.partition());
+        let offset = message.offset();
+        let Some(&done) = self.owned.get(&tp) else {
+            // A message fetched before its partition was revoked.
+            self.skip();
+            return Ok(());
+        };
+        if offset <= done || self.pending.get(&tp).is_some_and(|p| offset <= *p) {
+            self.skip();
+            return Ok(());
+        }
+        let value = message.payload();
+        self.metrics.records.get_or_create(&self.label).inc();
+        self.metrics.bytes.get_or_create(&self.label).inc_by(value.map_or(0, |v| v.len() as u64));
+        self.report.records += 1;
+        self.input_bytes_since_commit += value.map_or(0, |v| v.len() as u64);
+        let coordinates = coordinates(message);
+        match value.map(|v| (v, self.unframer.payload(v))) {
+            Some((_, Ok(payload))) => self.pipeline.push_with_headers(payload, coordinates, headers(message)),
+            Some((raw, Err(e))) => self.pipeline.dead_letter(DeadLetter {
+                raw: raw.to_vec(),
+                reason: e.reason.into(),
+                message: e.message,
+                field_path: String::new(),
+                coordinates,
+                headers: headers(message),
+            }),
+            None => self.pipeline.dead_letter(DeadLetter {
+                raw: Vec::new(),
+                reason: "no_value".into(),
+                message: "the message has no value (a tombstone?); a record needs the serialized message".into(),
+                field_path: String::new(),
+                coordinates,
+                headers: headers(message),
+            }),
+        }
+        self.pending.insert(tp, offset);
+        self.oldest_pending.get_or_insert_with(Instant::now);
+        if self.pipeline.pending() >= DECODE_BATCH {
+            self.hand_over()?;
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self) {
+        self.report.skipped += 1;
+        self.metrics.skipped.get_or_create(&self.label).inc();
+    }
+
+    /// Moves decoded rows into Parquet files and dead letters aside (nothing visible yet).
+    fn hand_over(&mut self) -> Result<(), IngestError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let (batch, dead) =
+            self.pipeline.take(now).map_err(|cause| IngestError::Pipeline { table: self.name.clone(), cause })?;
+        if let Some(batch) = batch {
+            self.rows_since_commit += batch.num_rows() as u64;
+            let runtime = self.runtime.clone();
+            runtime.block_on(self.data.write(batch)).map_err(|e| self.sink_err(e))?;
+        }
+        self.dead_since_commit.extend(dead);
+        Ok(())
+    }
+
+    /// Whether the open batch should be committed now.
+    fn due(&self) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let rows = self.rows_since_commit + self.pipeline.pending() as u64;
+        rows >= self.flush.max_rows as u64
+            || self.input_bytes_since_commit >= self.flush.max_bytes
+            || self.data.buffered_bytes() as u64 >= self.flush.max_bytes
+            || self.oldest_pending.is_some_and(|t| t.elapsed() >= self.flush.max_latency)
+    }
+
+    /// Drops the open batch.
+    fn abandon(&mut self) {
+        self.pipeline.discard();
+        if let Err(e) = self.data.abandon().and_then(|()| self.dlq.abandon()) {
+            warn!(table = %self.name, error = %e, "resetting the writers");
+        }
+        self.dead_since_commit.clear();
+        self.dlq_dirty = false;
+        self.reasons_since_commit.clear();
+        self.pending.clear();
+        self.rows_since_commit = 0;
+        self.dead_letters_since_commit = 0;
+        self.input_bytes_since_commit = 0;
+        self.oldest_pending = None;
+    }
+
+    /// Commits the open batch: dead letters first, then rows, each commit carrying the
+    /// position of every owned partition.
+    async fn commit(&mut self) -> Result<Committed, IngestError> {
+        if self.pending.is_empty() {
+            return Ok(Committed::Nothing);
+        }
+        let started = Instant::now();
+        // Like `hand_over`, but awaiting (this runs on the runtime, which must not block on itself).
+        let now = chrono::Utc::now().timestamp_micros();
+        let (batch, dead) =
+            self.pipeline.take(now).map_err(|cause| IngestError::Pipeline { table: self.name.clone(), cause })?;
+        if let Some(batch) = batch {
+            self.rows_since_commit += batch.num_rows() as u64;
+            self.data.write(batch).await.map_err(|e| self.sink_err(e))?;
+        }
+        self.dead_since_commit.extend(dead);
+        let positions: Vec<(String, i64)> = self
+            .owned
+            .iter()
+            .map(|(tp, done)| (app_id(&tp.0, tp.1), self.pending.get(tp).copied().unwrap_or(*done)))
+            .collect();
+        let dlq_done = &self.dlq_done;
+        let fresh: Vec<DeadLetter> = std::mem::take(&mut self.dead_since_commit)
+            .into_iter()
+            .filter(|l| match &l.coordinates {
+                Coordinates::Kafka { topic, partition, offset, .. } => {
+                    *offset > dlq_done.get(&(topic.clone(), *partition)).copied().unwrap_or(-1)
+                }
+                Coordinates::File { .. } => true,
+            })
+            .collect();
+        if !fresh.is_empty() {
+            self.publish_dead_letters(&fresh)?;
+            let batch = dead_letter_batch(&fresh, &self.contract_version, now).map_err(|e| {
+                self.sink_err(SinkError::Schema { location: self.dlq.location().into(), message: e.to_string() })
+            })?;
+            self.dlq.write(batch).await.map_err(|e| self.sink_err(e))?;
+            self.dlq_dirty = true;
+            for l in &fresh {
+                *self.reasons_since_commit.entry(l.reason.clone()).or_default() += 1;
+            }
+            self.dead_letters_since_commit += fresh.len() as u64;
+        }
+        let info = CommitInfo {
+            contract_version: self.contract_version.clone(),
+            operation: "ingest".into(),
+            rows: 0,
+            dead_letters: self.dead_letters_since_commit,
+        };
+        if self.dlq_dirty {
+            match self.dlq.commit(positions.clone(), &info).await {
+                Ok(_) => {
+                    self.dlq_dirty = false;
+                    for (reason, n) in std::mem::take(&mut self.reasons_since_commit) {
+                        let label = ReasonLabel { table: self.name.clone(), reason };
+                        self.metrics.dead_letters.get_or_create(&label).inc_by(n);
+                    }
+                    for (tp, last) in &self.pending {
+                        self.dlq_done.insert(tp.clone(), *last);
+                    }
+                }
+                Err(SinkError::Conflict { cause, .. }) => return self.conflict(&cause.to_string()).await,
+                Err(e) => return Err(self.sink_err(e)),
+            }
+        }
+        let info = CommitInfo { rows: self.rows_since_commit, dead_letters: 0, ..info };
+        let committed = match self.data.commit(positions, &info).await {
+            Ok(c) => c,
+            Err(SinkError::Conflict { cause, .. }) => return self.conflict(&cause.to_string()).await,
+            Err(e) => return Err(self.sink_err(e)),
+        };
+        let offsets: Vec<(Tp, i64)> = std::mem::take(&mut self.pending).into_iter().collect();
+        for (tp, last) in &offsets {
+            self.owned.insert(tp.clone(), *last);
+        }
+        self.report.commits += 1;
+        self.report.rows += self.rows_since_commit;
+        self.report.dead_letters += self.dead_letters_since_commit;
+        self.metrics.rows.get_or_create(&self.label).inc_by(self.rows_since_commit);
+        self.metrics.commits.get_or_create(&self.outcome("committed")).inc();
+        self.metrics.commit_seconds.get_or_create(&self.label).observe(started.elapsed().as_secs_f64());
+        if let Some(c) = committed {
+            self.metrics.files.get_or_create(&self.label).inc_by(c.files as u64);
+            self.metrics.table_version.get_or_create(&self.label).set(c.version as i64);
+            self.report.table_version = Some(c.version);
+        }
+        debug!(table = %self.name, rows = self.rows_since_commit, version = ?self.report.table_version, "committed");
+        self.rows_since_commit = 0;
+        self.dead_letters_since_commit = 0;
+        self.input_bytes_since_commit = 0;
+        self.oldest_pending = None;
+        Ok(Committed::Done(offsets))
+    }
+
+    fn outcome(&self, outcome: &str) -> OutcomeLabel {
+        OutcomeLabel { table: self.name.clone(), outcome: outcome.into() }
+    }
+
+    /// Drops the batch after a conflicting commit and reloads every owned position.
+    async fn conflict(&mut self, cause: &str) -> Result<Committed, IngestError> {
+        warn!(table = %self.name, cause, "another writer committed the same partitions; re-reading from the table");
+        self.metrics.commits.get_or_create(&self.outcome("conflict")).inc();
+        self.report.conflicts += 1;
+        self.abandon();
+        let tps: Vec<Tp> = self.owned.keys().cloned().collect();
+        self.load_positions(&tps).await?;
+        Ok(Committed::Conflict)
+    }
+
+    /// Sends dead letters to the dead-letter topic, if one is configured (at least once).
+    fn publish_dead_letters(&mut self, letters: &[DeadLetter]) -> Result<(), IngestError> {
+        let Some((topic, producer)) = &self.dlq_topic else { return Ok(()) };
+        let kafka_err = |cause| IngestError::Kafka { table: self.name.clone(), cause };
+        for l in letters {
+            let mut h = OwnedHeaders::new();
+            for (key, value) in &l.headers {
+                h = h.insert(Header { key, value: value.as_deref() });
+            }
+            let source = l.coordinates.to_string();
+            for (key, value) in [
+                ("protolake.reason", l.reason.as_str()),
+                ("protolake.message", l.message.as_str()),
+                ("protolake.field_path", l.field_path.as_str()),
+                ("protolake.source", source.as_str()),
+                ("protolake.table", self.name.as_str()),
+            ] {
+                h = h.insert(Header { key, value: Some(value.as_bytes()) });
+            }
+            let mut record: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic).payload(l.raw.as_slice()).headers(h);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                        producer.poll(Duration::from_millis(100));
+                        record = r;
+                    }
+                    Err((e, _)) => return Err(kafka_err(e)),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).map_err(kafka_err)
+    }
+}
+
+/// One table's consumer loop (on a blocking thread).
+fn table_loop(
+    shared: Arc<Shared>,
+    config: rdkafka::config::ClientConfig,
+    topic: String,
+    options: &IngestOptions,
+    stop: &AtomicBool,
+    health: &TableHealth,
+    retry_for: Duration,
+) -> Result<TableReport, IngestError> {
+    let table = shared.label.table.clone();
+    let kafka_err = |cause| IngestError::Kafka { table: table.clone(), cause };
+    let context = IngestContext { shared: shared.clone() };
+    let consumer: BaseConsumer<IngestContext> = config.create_with_context(context).map_err(kafka_err)?;
+    consumer.subscribe(&[&topic]).map_err(kafka_err)?;
+    health.ready.store(true, Ordering::Relaxed);
+    info!(%table, %topic, "consuming");
+    let mut last_message = Instant::now();
+    let result = (|| -> Result<(), IngestError> {
+        loop {
+            health.turn();
+            if let Some(e) = shared.take_fatal() {
+                return Err(e);
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            match consumer.poll(POLL) {
+                None => {}
+                Some(Ok(message)) => {
+                    last_message = Instant::now();
+                    shared.state().accept(&message)?;
+                }
+                Some(Err(e)) => {
+                    shared.metrics.kafka_errors.get_or_create(&shared.label).inc();
+                    if let Some(code) = e.rdkafka_error_code() {
+                        if code == rdkafka::types::RDKafkaErrorCode::Fatal {
+                            return Err(kafka_err(e));
+                        }
+                    }
+                    warn!(%table, error = %e, "consuming");
+                }
+            }
+            let mut state = shared.state();
+            let quiet = last_message.elapsed().min(state.assigned_at.elapsed());
+            let idle = options.exit_when_idle.is_some_and(|d| quiet >= d);
+            if state.due() || (idle && !state.pending.is_empty()) {
+                commit_with_retries(&shared, &mut state, &consumer, retry_for)?;
+            }
+            if idle && state.pending.is_empty() && !state.owned.is_empty() {
+                info!(%table, "no message for {:?}; stopping", options.exit_when_idle.unwrap_or_default());
+                return Ok(());
+            }
+        }
+    })();
+    if let Err(e) = &result {
+        health.failed.store(true, Ordering::Relaxed);
+        error!(%table, error = %e, "stopping; the open batch is dropped and will be read again");
+        shared.state().abandon();
+    } else {
+        let mut state = shared.state();
+        commit_with_retries(&shared, &mut state, &consumer, retry_for).inspect_err(|_| {
+            health.failed.store(true, Ordering::Relaxed);
+        })?;
+    }
+    // Leaving the group: the revocation callback finds nothing open.
+    consumer.unsubscribe();
+    drop(consumer);
+    let report = shared.state().report.clone();
+    result.map(|()| report)
+}
+
+/// Commits the open batch, retrying failures (storage unreachable) with backoff for up to
+/// `retry_for`. A conflict re-seeks the owned partitions to the table's positions.
+fn commit_with_retries(
+    shared: &Shared,
+    state: &mut TableState,
+    consumer: &BaseConsumer<IngestContext>,
+    retry_for: Duration,
+) -> Result<(), IngestError> {
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match shared.runtime.block_on(state.commit()) {
+            Ok(Committed::Nothing) => return Ok(()),
+            Ok(Committed::Done(offsets)) => {
+                commit_group_offsets(consumer, &offsets, CommitMode::Async);
+                return Ok(());
+            }
+            Ok(Committed::Conflict) => {
+                for (tp, last) in state.owned.clone() {
+                    let offset = state.start_offset(last);
+                    consumer
+                        .seek(&tp.0, tp.1, offset, Duration::from_secs(30))
+                        .map_err(|cause| IngestError::Kafka { table: state.name.clone(), cause })?;
+                }
+                return Ok(());
+            }
+            Err(e) if started.elapsed() + wait < retry_for => {
+                state.metrics.commits.get_or_create(&state.outcome("failed")).inc();
+                warn!(table = %state.name, error = %e, retry_in = ?wait, "commit failed; retrying");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                state.metrics.commits.get_or_create(&state.outcome("failed")).inc();
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The ingest daemon end to end, through the real binary, against a Kafka-protocol broker:
+//! scripts/test.sh starts one (tansu) and names it in PROTOLAKE_KAFKA_BROKERS. Without that
+//! variable the tests start librdkafka's in-process mock cluster instead (for a quick local
+//! run; CI always uses the real broker).
+//!
+//! What is checked is the table's content, read back with the deltalake crate and Parquet:
+//! every produced offset exactly once, bad records in the dead-letter table with their reason
+//! and headers, after clean runs, kill -9 crashes and consumer-group rebalances.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use prost::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+
+#[derive(Clone, PartialEq, Message)]
+struct AdImpression {
+    #[prost(string, tag = "1")]
+    impression_id: String,
+    #[prost(message, optional, tag = "2")]
+    event_time: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "3")]
+    event_type: String,
+    #[prost(int32, tag = "5")]
+    slot: i32,
+}
+
+/// A broker for one test: the real one from the environment, or a mock cluster.
+struct Broker {
+    servers: String,
+    mock: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+fn broker() -> Broker {
+    match std::env::var("PROTOLAKE_KAFKA_BROKERS") {
+        Ok(servers) if !servers.is_empty() => Broker { servers, mock: None },
+        _ => {
+            eprintln!("PROTOLAKE_KAFKA_BROKERS is not set: using librdkafka's mock cluster");
+            let mock = MockCluster::new(1).expect("mock cluster");
+            Broker { servers: mock.bootstrap_servers(), mock: Some(mock) }
+        }
+    }
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A name no other test (or earlier run against the same broker) uses.
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Broker {
+    fn create_topic(&self, topic: &str, partitions: i32) {
+        if let Some(mock) = &self.mock {
+            mock.create_topic(topic, partitions, 1).expect("mock topic");
+            return;
+        }
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &self.servers).create().expect("admin client");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let results = runtime
+            .block_on(admin.create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+            ))
+            .expect("create topics");
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
+    }
+
+    fn producer(&self) -> BaseProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.servers)
+            .set("linger.ms", "20")
+            .set("enable.idempotence", "false")
+            .create()
+            .expect("producer")
+    }
+}
+
+/// The record at index `i`; its partition is `i % partitions`.
+fn record(i: usize) -> Vec<u8> {
+    AdImpression {
+        impression_id: format!("ad-{i:07}"),
+        event_time: Some(prost_types::Timestamp { seconds: 1_763_683_200 + (i as i64 % 3) * 86_400, nanos: 0 }),
+        event_type: if i % 2 == 0 { "impression".into() } else { "click".into() },
+        slot: i as i32,
+    }
+    .encode_to_vec()
+}
+
+/// A record the decoder refuses (invalid UTF-8 in event_type).
+fn bad_record(i: usize) -> Vec<u8> {
+    let mut bytes = record(i);
+    bytes.extend_from_slice(&[0x1a, 0x02, 0xc3, 0x28]);
+    bytes
+}
+
+/// Produces records `range` (bad ones where `is_bad`), each to partition `i % partitions`.
+fn produce(
+    producer: &BaseProducer,
+    topic: &str,
+    partitions: i32,
+    range: std::ops::Range<usize>,
+    is_bad: &dyn Fn(usize) -> bool,
+) {
+    for i in range {
+        let payload = if is_bad(i) { bad_record(i) } else { record(i) };
+        let key = format!("k{i}");
+        let headers = OwnedHeaders::new().insert(Header { key: "trace-id", value: Some(key.as_bytes()) });
+        let mut rec = BaseRecord::to(topic)
+            .payload(&payload)
+            .key(&key)
+            .partition((i % partitions as usize) as i32)
+            .headers(headers);
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(50));
+                    rec = r;
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("all records acknowledged");
+}
+
+struct Lake {
+    dir: tempfile::TempDir,
+}
+
+impl Lake {
+    fn new(broker: &Broker, topic: &str, flush: &str, extra_table: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+        let config = format!(
+            r#"
+[kafka]
+bootstrap_servers = "{servers}"
+group_id = "{group}"
+properties = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 500, "topic.metadata.refresh.interval.ms" = 1000 }}
+
+[ingest]
+metrics_address = ""
+
+[tables.ads]
+proto = ["{proto}/protolake/examples/v1/events.proto"]
+include = ["{proto}"]
+message = "protolake.examples.v1.AdImpression"
+contract_dir = ""
+location = "lake/ads"
+event_time = {{ field = "event_time" }}
+topic = "{topic}"
+flush = {flush}
+{extra_table}
+"#,
+            servers = broker.servers,
+            group = unique("group"),
+            proto = proto.display(),
+        );
+        std::fs::write(dir.path().join("protolake.toml"), config).unwrap();
+        Lake { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn table(&self) -> PathBuf {
+        self.path().join("lake/ads")
+    }
+
+    fn dlq(&self) -> PathBuf {
+        self.path().join("lake/ads_dlq")
+    }
+
+    /// Starts the daemon; its log goes to `log_name` in the lake folder.
+    fn start(&self, extra: &[&str], log_name: &str) -> Child {
+        let log = std::fs::File::create(self.path().join(log_name)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_protolake"))
+            .args(["ingest", "--config", "protolake.toml"])
+            .args(extra)
+            .current_dir(self.path())
+            .env("RUST_LOG", "warn,protolake=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("daemon starts")
+    }
+
+    fn log(&self, log_name: &str) -> String {
+        std::fs::read_to_string(self.path().join(log_name)).unwrap_or_default()
+    }
+
+    /// Runs a catch-up: ingest until idle, and expect success.
+    fn catch_up(&self, log_name: &str) {
+        let mut child = self.start(&["--exit-when-idle", "3s"], log_name);
+        let status = wait_at_most(&mut child, Duration::from_secs(300));
+        assert!(status.success(), "ingest failed:\n{}", self.log(log_name));
+    }
+}
+
+fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the daemon did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_at_most(child, Duration::from_secs(120))
+}
+
+/// Column values of every row of the Delta table at `path`, read from its Parquet files.
+fn read_table(path: &Path, columns: &[&str]) -> Vec<Vec<Option<String>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let url = deltalake::ensure_table_uri(path.to_str().unwrap()).unwrap();
+        let table = match deltalake::open_table(url).await {
+            Ok(t) => t,
+            Err(_) => return Vec::new(),
+        };
+        let mut rows = Vec::new();
+        for uri in table.get_file_uris().unwrap() {
+            let file_path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
+            let file_path = percent_decode(&file_path);
+            let file = std::fs::File::open(&file_path).unwrap_or_else(|e| panic!("{file_path}: {e}"));
+            let reader = deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let cols: Vec<_> = columns
+                    .iter()
+                    .map(|c| {
+                        let array = batch.column_by_name(c).unwrap_or_else(|| panic!("no column {c}"));
+                        arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).unwrap_or_else(|_| {
+                            // Lists and structs: their debug text is enough to compare.
+                            std::sync::Arc::new(arrow::array::StringArray::from(
+                                (0..array.len())
+                                    .map(|i| (!array.is_null(i)).then(|| format!("{:?}", array.slice(i, 1))))
+                                    .collect::<Vec<_>>(),
+                            ))
+                        })
+                    })
+                    .collect();
+                for row in 0..batch.num_rows() {
+                    rows.push(
+                        cols.iter()
+                            .map(|c| {
+                                let s = c.as_string::<i32>();
+                                (!s.is_null(row)).then(|| s.value(row).to_string())
+                            })
+                            .collect(),
+                    );
+                }
+            }
+        }
+        rows
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// (partition, offset) of every row; panics on a duplicate.
+fn offsets(path: &Path) -> BTreeSet<(i32, i64)> {
+    let mut seen = BTreeSet::new();
+    for row in read_table(path, &["_source_partition", "_source_offset"]) {
+        let p: i32 = row[0].as_ref().unwrap().parse().unwrap();
+        let o: i64 = row[1].as_ref().unwrap().parse().unwrap();
+        assert!(seen.insert((p, o)), "partition {p} offset {o} is in {} twice", path.display());
+    }
+    seen
+}
+
+/// Compares offset sets, naming a few missing and extra ones (not thousands).
+#[track_caller]
+fn assert_offsets(actual: &BTreeSet<(i32, i64)>, expected: &BTreeSet<(i32, i64)>, context: &str) {
+    if actual != expected {
+        let missing: Vec<_> = expected.difference(actual).take(10).collect();
+        let extra: Vec<_> = actual.difference(expected).take(10).collect();
+        panic!(
+            "{} rows, expected {}; missing (first 10): {missing:?}; unexpected (first 10): {extra:?}\n{context}",
+            actual.len(),
+            expected.len()
+        );
+    }
+}
+
+/// Waits (with a generous limit against hangs) until the table holds `n` rows.
+fn wait_for_rows(path: &Path, n: usize, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let rows = read_table(path, &["_source_offset"]).len();
+        if rows >= n {
+            return;
+        }
+        assert!(started.elapsed() < limit, "the table has {rows} of {n} rows after {limit:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The (partition, offset) set of records `range` when each partition received `i % p` in order.
+fn expected_offsets(
+    range: std::ops::Range<usize>,
+    partitions: i32,
+    keep: &dyn Fn(usize) -> bool,
+) -> BTreeSet<(i32, i64)> {
+    let mut next = vec![0i64; partitions as usize];
+    let mut out = BTreeSet::new();
+    for i in range {
+        let p = i % partitions as usize;
+        if keep(i) {
+            out.insert((p as i32, next[p]));
+        }
+        next[p] += 1;
+    }
+    out
+}
+
+#[test]
+fn produced_records_are_read_back_exactly_once_and_bad_ones_are_dead_letters() {
+    let broker = broker();
+    let topic = unique("ads");
+    broker.create_topic(&topic, 3);
+    let n = 3000;
+    let bad = |i: usize| i % 500 == 7;
+    produce(&broker.producer(), &topic, 3, 0..n, &bad);
+
+    let lake = Lake::new(&broker, &topic, r#"{ max_rows = 700, max_latency = "1s" }"#, "");
+    lake.catch_up("run1.log");
+    let rows = offsets(&lake.table());
+    assert_offsets(&rows, &expected_offsets(0..n, 3, &|i| !bad(i)), &lake.log("run1.log"));
+    let keys: BTreeSet<String> =
+        read_table(&lake.table(), &["impression_id"]).into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(keys.len(), n - 6);
+    assert!(keys.contains("ad-0000000") && !keys.contains("ad-0000007"));
+
+    let dead =
+        read_table(&lake.dlq(), &["reason", "field_path", "_source_partition", "_source_offset", "headers", "raw"]);
+    assert_eq!(dead.len(), 6, "{dead:?}");
+    for row in &dead {
+        assert_eq!(row[0].as_deref(), Some("invalid_utf8"), "{row:?}");
+        assert_eq!(row[1].as_deref(), Some("event_type"), "{row:?}");
+        assert!(row[4].as_deref().unwrap_or("").contains("trace-id"), "headers kept: {row:?}");
+    }
+    let dead_offsets: BTreeSet<(i32, i64)> = dead
+        .iter()
+        .map(|r| (r[2].as_ref().unwrap().parse().unwrap(), r[3].as_ref().unwrap().parse().unwrap()))
+        .collect();
+    assert_offsets(&dead_offsets, &expected_offsets(0..n, 3, &bad), "dead letters");
+
+    // A second run finds nothing new: the table's positions say where to start.
+    produce(&broker.producer(), &topic, 3, n..n + 30, &bad);
+    lake.catch_up("run2.log");
+    assert_offsets(&offsets(&lake.table()), &expected_offsets(0..n + 30, 3, &|i| !bad(i)), &lake.log("run2.log"));
+    assert_eq!(read_table(&lake.dlq(), &["reason"]).len(), 7);
+}
+
+#[test]
+fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
+    let broker = broker();
+    let topic = unique("crash");
+    let partitions = 3;
+    broker.create_topic(&topic, partitions);
+    let n: usize = std::env::var("PROTOLAKE_CRASH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60_000);
+    let kills: usize = std::env::var("PROTOLAKE_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let bad = |i: usize| i % 1000 == 999;
+    produce(&broker.producer(), &topic, partitions, 0..n, &bad);
+
+    let lake = Lake::new(&broker, &topic, r#"{ max_rows = 4000, max_latency = "300ms" }"#, "");
+    // Pseudo-random kill moments (fixed seed: a failure can be replayed).
+    let mut seed: u64 = std::env::var("PROTOLAKE_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(42);
+    let mut killed_with_progress = 0;
+    for k in 0..kills {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(300 + (seed >> 33) % 2500);
+        let before = read_table(&lake.table(), &["_source_offset"]).len();
+        let mut child = lake.start(&[], &format!("crash{k}.log"));
+        std::thread::sleep(delay);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let after = offsets(&lake.table()).len();
+        if after > before {
+            killed_with_progress += 1;
+        }
+        if after >= n - n / 1000 {
+            break;
+        }
+    }
+    lake.catch_up("final.log");
+    let rows = offsets(&lake.table());
+    assert_offsets(&rows, &expected_offsets(0..n, partitions, &|i| !bad(i)), &lake.log("final.log"));
+    let dead = read_table(&lake.dlq(), &["_source_partition", "_source_offset"]);
+    let dead_set: BTreeSet<(i32, i64)> = dead
+        .iter()
+        .map(|r| (r[0].as_ref().unwrap().parse().unwrap(), r[1].as_ref().unwrap().parse().unwrap()))
+        .collect();
+    assert_eq!(dead.len(), dead_set.len(), "a dead letter was written twice");
+    assert_offsets(&dead_set, &expected_offsets(0..n, partitions, &bad), "dead letters");
+    eprintln!("{killed_with_progress} of the kills came after some progress");
+}
+
+#[test]
+fn a_second_daemon_joining_and_leaving_mid_stream_loses_and_doubles_nothing() {
+    let broker = broker();
+    let topic = unique("rebalance");
+    let partitions = 4;
+    broker.create_topic(&topic, partitions);
+    let lake = Lake::new(&broker, &topic, r#"{ max_rows = 2000, max_latency = "300ms" }"#, "");
+    let n = 40_000;
+    let producer = broker.producer();
+    let mut a = lake.start(&[], "a.log");
+    produce(&producer, &topic, partitions, 0..n / 4, &|_| false);
+    let mut b = lake.start(&[], "b.log");
+    // Keep producing while the group rebalances to two members and back to one.
+    let mut produced = n / 4;
+    let chunk = n / 16;
+    let mut b_assigned = false;
+    while produced < 3 * n / 4 {
+        produce(&producer, &topic, partitions, produced..produced + chunk, &|_| false);
+        produced += chunk;
+        std::thread::sleep(Duration::from_millis(700));
+        b_assigned |= lake.log("b.log").contains("partitions=[\"");
+    }
+    let started = Instant::now();
+    while !b_assigned && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(300));
+        b_assigned = lake.log("b.log").contains("partitions=[\"");
+    }
+    assert!(terminate(&mut b).success(), "second daemon:\n{}", lake.log("b.log"));
+    produce(&producer, &topic, partitions, produced..n, &|_| false);
+    wait_for_rows(&lake.table(), n, Duration::from_secs(180));
+    assert!(terminate(&mut a).success(), "first daemon:\n{}", lake.log("a.log"));
+    assert!(b_assigned, "the second daemon never got partitions:\n{}", lake.log("b.log"));
+    assert_offsets(&offsets(&lake.table()), &expected_offsets(0..n, partitions, &|_| true), &lake.log("a.log"));
+}
