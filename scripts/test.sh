@@ -20,10 +20,15 @@ if ! need cargo; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
-# A C compiler is needed by -sys crates; protoc by the buf.validate feature's build.
+# A C compiler is needed by -sys crates; protoc by the buf.validate feature's build; cmake and
+# the OpenSSL headers by librdkafka's build.
 missing=""
 need cc || missing="$missing build-essential"
 need protoc || missing="$missing protobuf-compiler"
+need cmake || missing="$missing cmake"
+[ -f /usr/include/openssl/ssl.h ] || missing="$missing libssl-dev"
+[ -f /usr/include/zlib.h ] || missing="$missing zlib1g-dev"
+need pkg-config || missing="$missing pkg-config"
 if [ -n "$missing" ]; then
   if need apt-get; then
     apt-get install -y -qq $missing >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $missing >/dev/null; }
@@ -42,6 +47,34 @@ fi
   "$VENV/bin/pip" install -q "deltalake==1.6.6" "polars==2.1.0" "pyarrow>=18"
 export PROTOLAKE_PYTHON="$VENV/bin/python"
 
+# A real Kafka-protocol broker for the ingest tests: tansu, in-memory storage, on loopback.
+# Its build takes a while, so the binary is cached with the target directory.
+TOOLS="$CACHE/tools"
+TANSU="$TOOLS/bin/tansu"
+if [ ! -x "$TANSU" ]; then
+  echo "== building the tansu broker (cached in $TOOLS)"
+  CARGO_TARGET_DIR="$CACHE/tansu-build" cargo install tansu --version 0.6.0 --locked --features dynostore \
+    --root "$TOOLS" 2>&1 | tail -n 3
+  rm -rf "$CACHE/tansu-build"
+fi
+port="${PROTOLAKE_KAFKA_PORT:-19092}"
+broker_log="$CACHE/tansu.log"
+"$TANSU" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  --storage-engine memory://tansu/ >"$broker_log" 2>&1 &
+broker_pid=$!
+cleanup() {
+  kill "$broker_pid" 2>/dev/null || true
+  [ -n "${scratch:-}" ] && rm -rf "$scratch"
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  kill -0 "$broker_pid" 2>/dev/null || { echo "the tansu broker did not start:"; cat "$broker_log"; exit 1; }
+  sleep 0.2
+done
+export PROTOLAKE_KAFKA_BROKERS="127.0.0.1:$port"
+echo "== Kafka broker: tansu on $PROTOLAKE_KAFKA_BROKERS"
+
 echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
 cargo test --locked --features protovalidate --lib --bins --tests 2>&1
 echo "== without buf.validate support, descriptors with rules are refused"
@@ -50,7 +83,6 @@ echo "== benches still compile"
 cargo check --locked --benches 2>&1
 echo "== CLI smoke test"
 scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
 cargo run --locked --quiet -- quickstart --events 200 --lake "$scratch/lake" >/dev/null
 cargo run --locked --quiet -- schema print --proto proto/protolake/examples/v1/events.proto -I proto \
   --message protolake.examples.v1.AdImpression >/dev/null

@@ -94,6 +94,7 @@ pub struct TableReport {
     pub records: u64,
     pub rows: u64,
     pub dead_letters: u64,
+    pub by_reason: BTreeMap<String, u64>,
     pub skipped: u64,
     pub commits: u64,
     pub conflicts: u64,
@@ -649,6 +650,7 @@ impl TableState {
                 Ok(_) => {
                     self.dlq_dirty = false;
                     for (reason, n) in std::mem::take(&mut self.reasons_since_commit) {
+                        *self.report.by_reason.entry(reason.clone()).or_default() += n;
                         let label = ReasonLabel { table: self.name.clone(), reason };
                         self.metrics.dead_letters.get_or_create(&label).inc_by(n);
                     }

@@ -1,26 +1,36 @@
 //! `protolake quickstart`: a tour that needs nothing installed. It generates sample ad-impression
 //! events from the schema shipped in `proto/` (some duplicated, some broken the ways real
-//! producers break them), ingests them through the real backfill pipeline into `./lake/`, and
-//! reports what became a row, what was refused and why, and how to query the tables.
+//! producers break them), produces them to a Kafka topic on librdkafka's in-process mock
+//! cluster, runs the ingest daemon's own code on that topic until it has caught up, and reports
+//! what became a row in `./lake/`, what was refused and why, and how to query the tables.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use prost::Message;
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
-use protolake::backfill::{self, BackfillSpec, NoProgress};
-use protolake::config::{EventTime, FlushPolicy, ParquetOptions};
+use protolake::config::{
+    DescriptorSource, EventTime, FlushPolicy, Framing, IngestConfig, KafkaConfig, ParquetOptions, TableConfig,
+};
 use protolake::contract::{delta_schema, to_ddl};
 use protolake::decode::{DecodeOptions, Decoder, Pool};
-use protolake::source::file::write_delimited;
+use protolake::ingest;
+use protolake::metrics::{Health, Metrics};
 
 use crate::cli::QuickstartArgs;
 
 const PROTO_PATH: &str = "protolake/examples/v1/events.proto";
 const PROTO_SOURCE: &str = include_str!("../proto/protolake/examples/v1/events.proto");
 const MESSAGE: &str = "protolake.examples.v1.AdImpression";
+const TOPIC: &str = "ad-impressions";
+const PARTITIONS: i32 = 3;
 
 /// The sample event as a producer's generated code would hold it.
 #[derive(Clone, PartialEq, Message)]
@@ -130,20 +140,37 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     let pool = sample_pool().context("the embedded sample schema does not compile")?;
     let decoder = Decoder::new(&pool, MESSAGE, &DecodeOptions::default())?;
     let lake = args.lake.clone();
-    let input_dir = lake.join("quickstart-input");
-    std::fs::create_dir_all(&input_dir).with_context(|| format!("cannot create {}", input_dir.display()))?;
-    let input = input_dir.join(format!("ad_impressions-{}.pb", args.events));
+    std::fs::create_dir_all(&lake).with_context(|| format!("cannot create {}", lake.display()))?;
     let events = sample_events(args.events);
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&input)?);
-    for (_, bytes) in &events {
-        write_delimited(&mut file, bytes)?;
+
+    // librdkafka's mock cluster: a Kafka broker inside this process, on a loopback port.
+    let cluster = MockCluster::new(1).context("cannot start the in-process Kafka cluster")?;
+    cluster.create_topic(TOPIC, PARTITIONS, 1).context("cannot create the sample topic")?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("linger.ms", "5")
+        .create()
+        .context("cannot create the sample producer")?;
+    for (i, (_, bytes)) in events.iter().enumerate() {
+        let mut record = BaseRecord::<(), [u8]>::to(TOPIC).payload(bytes.as_slice()).partition((i % 3) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = r;
+                }
+            }
+        }
     }
-    file.flush()?;
-    drop(file);
+    producer.flush(Duration::from_secs(30)).context("the sample events were not acknowledged")?;
 
     println!("protolake quickstart: {} sample {MESSAGE} events", events.len());
     println!("  schema: proto/{PROTO_PATH}");
-    println!("  input:  {} (varint-delimited, as archived by writeDelimitedTo)\n", input.display());
+    println!(
+        "  Kafka:  topic {TOPIC} ({PARTITIONS} partitions) on an in-process broker at {}\n",
+        cluster.bootstrap_servers()
+    );
     println!("Table columns (Delta DDL, as `protolake schema print` shows):");
     for line in to_ddl(&delta_schema(&decoder.schema()))?.lines() {
         println!("  {line}");
@@ -151,42 +178,75 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
 
     let location = absolute(&lake.join("ad_impressions"));
     let dlq_location = absolute(&lake.join("ad_impressions_dlq"));
-    let spec = BackfillSpec {
-        decoder,
-        validator: None,
-        contract: None,
+    let table = TableConfig {
+        name: "ad_impressions".into(),
+        descriptor: DescriptorSource::Protos { files: vec![PROTO_PATH.into()], includes: Vec::new() },
+        message: MESSAGE.into(),
+        recursion_depth: None,
+        contract_dir: None,
         location: location.clone(),
         dlq_location: dlq_location.clone(),
         event_time: Some(EventTime { field: "event_time".into(), unit: None }),
-        flush: FlushPolicy::default(),
+        key: vec!["impression_id".into()],
+        flush: FlushPolicy { max_latency: Duration::from_secs(1), ..FlushPolicy::default() },
         parquet: ParquetOptions::default(),
         max_record_bytes: 1 << 20,
-        inputs: vec![input],
+        topic: Some(TOPIC.into()),
+        framing: Framing::Raw,
+        dlq_topic: None,
+        checkpoint_interval: 100,
     };
-    let report = backfill::run(spec, &NoProgress).await?;
+    let kafka = KafkaConfig {
+        properties: [("bootstrap.servers".to_string(), cluster.bootstrap_servers())].into(),
+        group_id: "protolake-quickstart".into(),
+    };
+    let ingest_config = IngestConfig { metrics_address: None, commit_retry_for: Duration::from_secs(30) };
+    let setup = ingest::TableSetup { config: table, decoder, validator: None, contract: None, index_path: vec![0] };
+    let options = ingest::IngestOptions { exit_when_idle: Some(Duration::from_secs(2)) };
+    let started = Instant::now();
+    let reports = ingest::run(
+        vec![setup],
+        &kafka,
+        &ingest_config,
+        &options,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Metrics::new()),
+        Arc::new(Health::default()),
+    )
+    .await?;
+    let report = reports.into_iter().next().unwrap_or_default();
     println!(
-        "\nIngested {} records in {:.0} ms: {} rows → {location}",
+        "\n`protolake ingest` consumed {} records in {:.1} s (joining the group and a 2 s idle wait included):",
         report.records,
-        report.elapsed.as_secs_f64() * 1e3,
-        report.rows
+        started.elapsed().as_secs_f64()
     );
-    println!("{} dead letters → {dlq_location}", report.dead_letters);
+    println!(
+        "  {} rows → {location} (version {})",
+        report.rows,
+        report.table_version.map_or("-".into(), |v| v.to_string())
+    );
+    println!("  {} dead letters → {dlq_location}", report.dead_letters);
     for (reason, count) in &report.by_reason {
-        println!("  {count:>5} × {reason}");
+        println!("    {count:>5} × {reason}");
     }
-    if report.already_committed > 0 {
+    if report.records == 0 && report.skipped == 0 {
+        println!("  The table already holds every offset of the topic (from an earlier run): nothing was added.");
+    }
+    if report.skipped > 0 {
         println!(
-            "{} records were already in the table from an earlier run and were not added again.",
-            report.already_committed
+            "  {} records were already in the table from an earlier run and were not added again.",
+            report.skipped
         );
     }
     let duplicates = events.iter().filter(|(l, _)| l == "duplicate").count();
     println!("\n{duplicates} events were sent twice: both copies are rows here; close-of-books removes them by key.");
-    println!("Every refused record keeps its bytes, reason, field path and file position in the DLQ table.");
+    println!("Every refused record keeps its bytes, reason, field path, headers and Kafka offset in the DLQ table;");
+    println!("every commit records each partition's last offset, so a restart neither loses nor repeats a record.");
     println!("\nQuery it (pip install polars deltalake):");
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{location}').group_by('event_type').len())\"");
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{dlq_location}').select('reason','field_path','message'))\"");
     println!("or DuckDB: SELECT event_date, count(*) FROM delta_scan('{location}') GROUP BY ALL;");
+    println!("\nNext: docs/ingest.md runs this against your Kafka; `protolake backfill` loads archived files.");
     Ok(ExitCode::SUCCESS)
 }
 
