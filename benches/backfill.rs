@@ -17,7 +17,7 @@ use protolake::source::file::write_delimited;
 
 mod common;
 
-use common::{arg, flat_event, peak_rss_mib};
+use common::{arg, cpu_seconds, flat_event, peak_rss_mib};
 
 fn dir_size(p: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(p) else { return 0 };
@@ -96,12 +96,4 @@ fn plain_columns() -> Vec<String> {
         .and_then(|i| args.get(i + 1))
         .map(|v| v.split(',').map(str::to_string).collect())
         .unwrap_or_default()
-}
-
-/// User + system CPU time of this process.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }

@@ -99,6 +99,8 @@ pub struct TableReport {
     pub commits: u64,
     pub conflicts: u64,
     pub table_version: Option<u64>,
+    /// From the first message taken to the end of the last commit.
+    pub busy: Duration,
 }
 
 /// Runs every table until `stop` is set (SIGTERM/SIGINT) or, with `exit_when_idle`, until
@@ -320,6 +322,7 @@ struct TableState {
     runtime: Handle,
     /// When partitions were last assigned (an idle run waits for messages from then on).
     assigned_at: Instant,
+    first_message_at: Option<Instant>,
 }
 
 enum Committed {
@@ -407,6 +410,7 @@ impl TableState {
             report: TableReport { table: name.clone(), ..TableReport::default() },
             runtime: Handle::current(),
             assigned_at: Instant::now(),
+            first_message_at: None,
             metrics,
             name,
         })
@@ -542,7 +546,9 @@ impl TableState {
             }),
         }
         self.pending.insert(tp, offset);
-        self.oldest_pending.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        self.oldest_pending.get_or_insert(now);
+        self.first_message_at.get_or_insert(now);
         if self.pipeline.pending() >= DECODE_BATCH {
             self.hand_over()?;
         }
@@ -673,6 +679,7 @@ impl TableState {
             self.owned.insert(tp.clone(), *last);
         }
         self.report.commits += 1;
+        self.report.busy = self.first_message_at.map_or(Duration::ZERO, |t| t.elapsed());
         self.report.rows += self.rows_since_commit;
         self.report.dead_letters += self.dead_letters_since_commit;
         self.metrics.rows.get_or_create(&self.label).inc_by(self.rows_since_commit);
