@@ -21,8 +21,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use protolake::config::{
-    DescriptorSource, EventTime, FlushPolicy, Framing, IngestConfig, KafkaConfig, ParquetOptions, TableConfig,
-    TimeUnit,
+    DescriptorSource, EventTime, FlushPolicy, Framing, IngestConfig, KafkaConfig, ParquetOptions, TableConfig, TimeUnit,
 };
 use protolake::decode::{DecodeOptions, Decoder, Pool};
 use protolake::ingest::{self, IngestOptions, TableSetup};

@@ -323,6 +323,10 @@ struct TableState {
     /// When partitions were last assigned (an idle run waits for messages from then on).
     assigned_at: Instant,
     first_message_at: Option<Instant>,
+    /// Since when commits have been failing (None after a success).
+    failing_since: Option<Instant>,
+    /// Partitions started at an explicit offset whose first message has not arrived yet.
+    awaiting: BTreeMap<Tp, i64>,
 }
 
 enum Committed {
@@ -411,6 +415,8 @@ impl TableState {
             runtime: Handle::current(),
             assigned_at: Instant::now(),
             first_message_at: None,
+            failing_since: None,
+            awaiting: BTreeMap::new(),
             metrics,
             name,
         })
@@ -458,6 +464,7 @@ impl TableState {
         }
         self.load_positions(&tps).await?;
         for tp in &tps {
+            self.await_start(tp);
             let offset = self.start_offset(self.owned[tp]);
             tpl.set_partition_offset(&tp.0, tp.1, offset)
                 .map_err(|cause| IngestError::Kafka { table: self.name.clone(), cause })?;
@@ -484,8 +491,17 @@ impl TableState {
         committed
     }
 
+    /// Notes the offset a partition is (re)started at, to check the first message against it.
+    fn await_start(&mut self, tp: &Tp) {
+        match self.owned.get(tp) {
+            Some(&last) if last >= 0 => self.awaiting.insert(tp.clone(), last + 1),
+            _ => self.awaiting.remove(tp),
+        };
+    }
+
     fn release(&mut self, tps: &[Tp]) {
         for tp in tps {
+            self.awaiting.remove(tp);
             self.owned.remove(tp);
             self.dlq_done.remove(tp);
             self.pending.remove(tp);
@@ -519,6 +535,19 @@ impl TableState {
         if offset <= done || self.pending.get(&tp).is_some_and(|p| offset <= *p) {
             self.skip();
             return Ok(());
+        }
+        if let Some(start) = self.awaiting.remove(&tp) {
+            if offset > start {
+                // Normal for compacted topics and transaction markers; anything else means the
+                // broker skipped records, which must not pass unnoticed.
+                self.metrics.offset_gaps.get_or_create(&self.label).inc_by((offset - start) as u64);
+                warn!(
+                    table = %self.name, topic = %tp.0, partition = tp.1, asked = start, got = offset,
+                    "the first message after a (re)start is not at the requested offset: {} offsets skipped \
+                     (a compacted topic or transaction markers, or a broker fault)",
+                    offset - start
+                );
+            }
         }
         let value = message.payload();
         self.metrics.records.get_or_create(&self.label).inc();
@@ -820,42 +849,55 @@ fn table_loop(
     result.map(|()| report)
 }
 
-/// Commits the open batch, retrying failures (storage unreachable) with backoff for up to
-/// `retry_for`. A conflict re-seeks the owned partitions to the table's positions.
+/// Commits the open batch. A conflict, or a failure (storage unreachable, a write refused),
+/// drops the batch and re-seeks the owned partitions to the table's positions, so the records
+/// are read again: nothing half-written is ever retried. Failures are retried with backoff
+/// until they have lasted `retry_for`.
 fn commit_with_retries(
     shared: &Shared,
     state: &mut TableState,
     consumer: &BaseConsumer<IngestContext>,
     retry_for: Duration,
 ) -> Result<(), IngestError> {
-    let started = Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
-        match shared.runtime.block_on(state.commit()) {
+        let error = match shared.runtime.block_on(state.commit()) {
             Ok(Committed::Nothing) => return Ok(()),
             Ok(Committed::Done(offsets)) => {
+                state.failing_since = None;
                 commit_group_offsets(consumer, &offsets, CommitMode::Async);
                 return Ok(());
             }
-            Ok(Committed::Conflict) => {
-                for (tp, last) in state.owned.clone() {
-                    let offset = state.start_offset(last);
-                    consumer
-                        .seek(&tp.0, tp.1, offset, Duration::from_secs(30))
-                        .map_err(|cause| IngestError::Kafka { table: state.name.clone(), cause })?;
-                }
-                return Ok(());
-            }
-            Err(e) if started.elapsed() + wait < retry_for => {
-                state.metrics.commits.get_or_create(&state.outcome("failed")).inc();
-                warn!(table = %state.name, error = %e, retry_in = ?wait, "commit failed; retrying");
-                std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => {
-                state.metrics.commits.get_or_create(&state.outcome("failed")).inc();
-                return Err(e);
-            }
+            Ok(Committed::Conflict) => return seek_to_table(state, consumer),
+            Err(e) => e,
+        };
+        state.metrics.commits.get_or_create(&state.outcome("failed")).inc();
+        let since = *state.failing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() + wait >= retry_for {
+            return Err(error);
+        }
+        warn!(table = %state.name, error = %error, retry_in = ?wait, "commit failed; the batch will be read again");
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(30));
+        state.abandon();
+        let tps: Vec<Tp> = state.owned.keys().cloned().collect();
+        match shared.runtime.block_on(state.load_positions(&tps)) {
+            Ok(()) => return seek_to_table(state, consumer),
+            Err(e) => warn!(table = %state.name, error = %e, "reading the table's positions"),
         }
     }
+}
+
+/// Points every owned partition at the offset after the table's.
+fn seek_to_table(state: &mut TableState, consumer: &BaseConsumer<IngestContext>) -> Result<(), IngestError> {
+    let tps: Vec<Tp> = state.owned.keys().cloned().collect();
+    for tp in &tps {
+        state.await_start(tp);
+    }
+    for (tp, last) in &state.owned {
+        consumer
+            .seek(&tp.0, tp.1, state.start_offset(*last), Duration::from_secs(30))
+            .map_err(|cause| IngestError::Kafka { table: state.name.clone(), cause })?;
+    }
+    Ok(())
 }

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub lag: Family<PartitionLabel, Gauge>,
     pub assigned: Family<TableLabel, Gauge>,
     pub kafka_errors: Family<TableLabel, Counter>,
+    pub offset_gaps: Family<TableLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -84,6 +85,7 @@ impl Metrics {
             lag: Family::default(),
             assigned: Family::default(),
             kafka_errors: Family::default(),
+            offset_gaps: Family::default(),
             registry: Registry::default(),
         };
         registry.register("records_received", "Kafka messages received", m.records.clone());
@@ -114,6 +116,11 @@ impl Metrics {
         );
         registry.register("assigned_partitions", "Partitions assigned to this daemon", m.assigned.clone());
         registry.register("kafka_errors", "Errors reported by the Kafka client", m.kafka_errors.clone());
+        registry.register(
+            "offset_gaps",
+            "Offsets skipped between the offset a partition was started at and its first message",
+            m.offset_gaps.clone(),
+        );
         Metrics { registry, ..m }
     }
 
