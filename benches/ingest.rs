@@ -95,7 +95,12 @@ fn main() {
 
     // The broker's own rate: a bare consumer reading every message, nothing else.
     reset_peak_rss();
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &servers).create().unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("group.id", format!("bench-consume-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
