@@ -161,7 +161,8 @@ pub async fn run(
     }
 }
 
-type Tp = (String, i32);
+/// A partition: its topic (shared) and number.
+type Tp = (Arc<str>, i32);
 
 /// What the consumer context and the loop share.
 struct Shared {
@@ -327,6 +328,10 @@ struct TableState {
     failing_since: Option<Instant>,
     /// Partitions started at an explicit offset whose first message has not arrived yet.
     awaiting: BTreeMap<Tp, i64>,
+    /// The topic of the last message (shared by keys and coordinates).
+    topic_name: Option<Arc<str>>,
+    records_unreported: u64,
+    bytes_unreported: u64,
 }
 
 enum Committed {
@@ -417,6 +422,9 @@ impl TableState {
             first_message_at: None,
             failing_since: None,
             awaiting: BTreeMap::new(),
+            topic_name: None,
+            records_unreported: 0,
+            bytes_unreported: 0,
             metrics,
             name,
         })
@@ -452,7 +460,7 @@ impl TableState {
     }
 
     async fn on_assign(&mut self, tpl: &mut TopicPartitionList, cooperative: bool) -> Result<(), IngestError> {
-        let tps: Vec<Tp> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let tps: Vec<Tp> = tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
         if !cooperative {
             // An eager assignment is the whole new set (the revocation before it emptied ours).
             self.abandon();
@@ -478,7 +486,7 @@ impl TableState {
     /// Commits what is open for the revoked partitions (when the assignment was not lost),
     /// then forgets them. Returns the positions committed.
     async fn on_revoke(&mut self, tpl: &TopicPartitionList, _cooperative: bool, lost: bool) -> Vec<(Tp, i64)> {
-        let tps: Vec<Tp> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        let tps: Vec<Tp> = tpl.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
         let committed = if lost {
             // Another member may already own them; its commits win.
             self.abandon();
@@ -525,7 +533,16 @@ impl TableState {
 
     /// Takes a message into the open batch.
     fn accept(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), IngestError> {
-        let tp = (message.topic().to_string(), message.partition());
+        // The topic's name is shared by every key and coordinate (no allocation per message).
+        let topic = match &self.topic_name {
+            Some(t) if **t == *message.topic() => t.clone(),
+            _ => {
+                let t: Arc<str> = Arc::from(message.topic());
+                self.topic_name = Some(t.clone());
+                t
+            }
+        };
+        let tp = (topic.clone(), message.partition());
         let offset = message.offset();
         let Some(&done) = self.owned.get(&tp) else {
             // A message fetched before its partition was revoked.
@@ -550,11 +567,11 @@ impl TableState {
             }
         }
         let value = message.payload();
-        self.metrics.records.get_or_create(&self.label).inc();
-        self.metrics.bytes.get_or_create(&self.label).inc_by(value.map_or(0, |v| v.len() as u64));
         self.report.records += 1;
+        self.records_unreported += 1;
         self.input_bytes_since_commit += value.map_or(0, |v| v.len() as u64);
-        let coordinates = coordinates(message);
+        self.bytes_unreported += value.map_or(0, |v| v.len() as u64);
+        let coordinates = coordinates(message, topic);
         match value.map(|v| (v, self.unframer.payload(v))) {
             Some((_, Ok(payload))) => self.pipeline.push_with_headers(payload, coordinates, headers(message)),
             Some((raw, Err(e))) => self.pipeline.dead_letter(DeadLetter {
@@ -575,13 +592,25 @@ impl TableState {
             }),
         }
         self.pending.insert(tp, offset);
-        let now = Instant::now();
-        self.oldest_pending.get_or_insert(now);
-        self.first_message_at.get_or_insert(now);
+        if self.oldest_pending.is_none() {
+            let now = Instant::now();
+            self.oldest_pending = Some(now);
+            self.first_message_at.get_or_insert(now);
+        }
         if self.pipeline.pending() >= DECODE_BATCH {
             self.hand_over()?;
         }
         Ok(())
+    }
+
+    /// Moves the per-message counts into the metrics (done per batch, not per message).
+    fn report_received(&mut self) {
+        if self.records_unreported > 0 {
+            self.metrics.records.get_or_create(&self.label).inc_by(self.records_unreported);
+            self.metrics.bytes.get_or_create(&self.label).inc_by(self.bytes_unreported);
+            self.records_unreported = 0;
+            self.bytes_unreported = 0;
+        }
     }
 
     fn skip(&mut self) {
@@ -591,6 +620,7 @@ impl TableState {
 
     /// Moves decoded rows into Parquet files and dead letters aside (nothing visible yet).
     fn hand_over(&mut self) -> Result<(), IngestError> {
+        self.report_received();
         let now = chrono::Utc::now().timestamp_micros();
         let (batch, dead) =
             self.pipeline.take(now).map_err(|cause| IngestError::Pipeline { table: self.name.clone(), cause })?;
@@ -638,6 +668,7 @@ impl TableState {
             return Ok(Committed::Nothing);
         }
         let started = Instant::now();
+        self.report_received();
         // Like `hand_over`, but awaiting (this runs on the runtime, which must not block on itself).
         let now = chrono::Utc::now().timestamp_micros();
         let (batch, dead) =
@@ -804,11 +835,13 @@ fn table_loop(
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            match consumer.poll(POLL) {
+            let polled = consumer.poll(POLL);
+            let mut state = shared.state();
+            match polled {
                 None => {}
                 Some(Ok(message)) => {
                     last_message = Instant::now();
-                    shared.state().accept(&message)?;
+                    state.accept(&message)?;
                 }
                 Some(Err(e)) => {
                     shared.metrics.kafka_errors.get_or_create(&shared.label).inc();
@@ -820,7 +853,6 @@ fn table_loop(
                     warn!(%table, error = %e, "consuming");
                 }
             }
-            let mut state = shared.state();
             let quiet = last_message.elapsed().min(state.assigned_at.elapsed());
             let idle = options.exit_when_idle.is_some_and(|d| quiet >= d);
             if state.due() || (idle && !state.pending.is_empty()) {

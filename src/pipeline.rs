@@ -465,7 +465,7 @@ pub(crate) fn source_columns_for(coordinates: &[Coordinates], ingested_at: i64) 
     for c in coordinates {
         match c {
             Coordinates::Kafka { topic: t, partition: p, offset: o, timestamp_ms } => {
-                topic.push(Some(t.as_str()));
+                topic.push(Some(t.as_ref()));
                 partition.push(Some(*p));
                 offset.push(Some(*o));
                 timestamp.push(timestamp_ms.map(|ms| ms * 1000));

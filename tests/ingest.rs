@@ -228,8 +228,10 @@ flush = {flush}
     }
 
     /// Runs a catch-up: ingest until idle, and expect success.
-    fn catch_up(&self, log_name: &str) {
-        let mut child = self.start(&["--exit-when-idle", "3s"], log_name);
+    fn catch_up(&self, log_name: &str, extra: &[&str]) {
+        let mut args = vec!["--exit-when-idle", "3s"];
+        args.extend_from_slice(extra);
+        let mut child = self.start(&args, log_name);
         let status = wait_at_most(&mut child, Duration::from_secs(300));
         assert!(status.success(), "ingest failed:\n{}", self.log(log_name));
     }
@@ -400,8 +402,20 @@ fn produced_records_are_read_back_exactly_once_and_bad_ones_are_dead_letters() {
     let bad = |i: usize| i % 500 == 7;
     produce(&broker.producer(), &topic, 3, 0..n, &bad);
 
-    let lake = Lake::new(&broker, &topic, r#"{ max_rows = 700, max_latency = "1s" }"#, "");
-    lake.catch_up("run1.log");
+    let dlq_topic = format!("{topic}-dlq");
+    broker.create_topic(&dlq_topic, 1);
+    let lake = Lake::new(
+        &broker,
+        &topic,
+        r#"{ max_rows = 700, max_latency = "1s" }"#,
+        &format!("dlq_topic = \"{dlq_topic}\"\ncheckpoint_interval = 2\nmax_record_bytes = \"1KiB\""),
+    );
+    lake.catch_up("run1.log", &[]);
+    let checkpoints = std::fs::read_dir(lake.table().join("_delta_log"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".checkpoint.parquet"))
+        .count();
+    assert!(checkpoints > 0, "checkpoint_interval = 2 wrote no checkpoint");
     let rows = offsets(&lake.table());
     assert_offsets(&rows, &expected_offsets(0..n, 3, &|i| !bad(i)), &lake.log("run1.log"));
     let keys: BTreeSet<String> =
@@ -423,11 +437,128 @@ fn produced_records_are_read_back_exactly_once_and_bad_ones_are_dead_letters() {
         .collect();
     assert_offsets(&dead_offsets, &expected_offsets(0..n, 3, &bad), "dead letters");
 
-    // A second run finds nothing new: the table's positions say where to start.
+    // The dead-letter topic got the same records, original bytes and headers plus the reason.
+    let copies = consume_all(&broker, &dlq_topic, 6);
+    for (payload, headers) in &copies {
+        assert_eq!(headers.get("protolake.reason").map(String::as_str), Some("invalid_utf8"), "{headers:?}");
+        assert_eq!(headers.get("protolake.field_path").map(String::as_str), Some("event_type"));
+        let i: usize = headers["trace-id"].trim_start_matches('k').parse().unwrap();
+        assert_eq!(payload, &bad_record(i));
+    }
+
+    // A second run takes only the new records (the table's positions say where to start); an
+    // oversized record is a dead letter, not an allocation. Its log is JSON.
     produce(&broker.producer(), &topic, 3, n..n + 30, &bad);
-    lake.catch_up("run2.log");
+    let mut huge = record(n + 30);
+    huge.extend_from_slice(&[0x7a, 0x90, 0x0f]); // field 15, 1936 bytes: an unknown field
+    huge.extend_from_slice(&[b'x'; 1936]);
+    let producer = broker.producer();
+    producer.send(BaseRecord::<(), [u8]>::to(&topic).payload(huge.as_slice()).partition(0)).unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+    lake.catch_up("run2.log", &["--log-format", "json"]);
     assert_offsets(&offsets(&lake.table()), &expected_offsets(0..n + 30, 3, &|i| !bad(i)), &lake.log("run2.log"));
-    assert_eq!(read_table(&lake.dlq(), &["reason"]).len(), 7);
+    let reasons: Vec<String> =
+        read_table(&lake.dlq(), &["reason"]).into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(reasons.len(), 8, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "too_large").count(), 1, "{reasons:?}");
+    for line in lake.log("run2.log").lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+    }
+}
+
+/// Reads `n` messages of a one-partition topic from its start: (payload, headers).
+fn consume_all(broker: &Broker, topic: &str, n: usize) -> Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.servers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(started.elapsed() < Duration::from_secs(120), "{} of {n} messages on {topic}", out.len());
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((m.payload().unwrap_or_default().to_vec(), headers));
+        }
+    }
+    out
+}
+
+#[test]
+fn confluent_framing_checks_the_schema_id() {
+    let broker = broker();
+    let topic = unique("confluent");
+    broker.create_topic(&topic, 1);
+    let frame = |id: u32, body: Vec<u8>| {
+        let mut v = vec![0u8];
+        v.extend_from_slice(&id.to_be_bytes());
+        v.push(0); // message indexes [0]: the file's first message, AdImpression
+        v.extend(body);
+        v
+    };
+    let values = [frame(41, record(0)), frame(99, record(1)), record(2), frame(41, record(3))];
+    let producer = broker.producer();
+    for v in &values {
+        producer.send(BaseRecord::<(), [u8]>::to(&topic).payload(v.as_slice()).partition(0)).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    let lake = Lake::new(
+        &broker,
+        &topic,
+        r#"{ max_rows = 700, max_latency = "1s" }"#,
+        "framing = \"confluent\"\nschema_ids = [41, 42]",
+    );
+    lake.catch_up("run.log", &[]);
+    let keys: BTreeSet<String> =
+        read_table(&lake.table(), &["impression_id"]).into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(keys, BTreeSet::from(["ad-0000000".to_string(), "ad-0000003".to_string()]));
+    let mut dead: Vec<(String, String)> = read_table(&lake.dlq(), &["_source_offset", "reason"])
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+        .collect();
+    dead.sort();
+    assert_eq!(dead, [("1".to_string(), "unknown_schema_id".to_string()), ("2".into(), "bad_framing".into())]);
+}
+
+#[test]
+fn start_up_refuses_a_descriptor_that_left_its_pinned_contract() {
+    // Needs no broker: the check comes before connecting.
+    let lake = Lake::new(&Broker { servers: "127.0.0.1:9".into(), mock: None }, "t", "{}", "");
+    let config = std::fs::read_to_string(lake.path().join("protolake.toml")).unwrap();
+    std::fs::write(
+        lake.path().join("protolake.toml"),
+        config.replace("contract_dir = \"\"", "contract_dir = \"pins\""),
+    )
+    .unwrap();
+    std::fs::create_dir_all(lake.path().join("pins")).unwrap();
+    std::fs::write(
+        lake.path().join("pins/v1.ddl"),
+        "impression_id STRING,\nevent_time TIMESTAMP,\nevent_type STRING,\npage_url STRING,\nslot BIGINT,\n\
+         bid_price DOUBLE,\nviewable BOOLEAN,\ncountry STRING,\ncampaign_id STRING,\ntags ARRAY<STRING>,\n\
+         attributes MAP<STRING, STRING>\n",
+    )
+    .unwrap();
+    let mut child = lake.start(&[], "refused.log");
+    let status = wait_at_most(&mut child, Duration::from_secs(60));
+    let log = lake.log("refused.log");
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("slot: expected BIGINT, found INT"), "{log}");
+    assert!(log.contains("protolake schema init --table ads"), "{log}");
 }
 
 #[test]

@@ -76,9 +76,10 @@ pub fn starts_at_end(kafka: &KafkaConfig) -> bool {
     matches!(kafka.properties.get("auto.offset.reset").map(String::as_str), Some("latest" | "largest" | "end"))
 }
 
-pub fn coordinates(message: &BorrowedMessage<'_>) -> Coordinates {
+/// The message's coordinates; `topic` is the message's topic, shared between messages.
+pub fn coordinates(message: &BorrowedMessage<'_>, topic: std::sync::Arc<str>) -> Coordinates {
     Coordinates::Kafka {
-        topic: message.topic().to_string(),
+        topic,
         partition: message.partition(),
         offset: message.offset(),
         timestamp_ms: message.timestamp().to_millis(),

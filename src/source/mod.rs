@@ -15,7 +15,7 @@ pub enum Coordinates {
     /// A record of an archived file: its path (shared by all its records) and 0-based index.
     File { path: std::sync::Arc<str>, index: u64 },
     /// A Kafka message.
-    Kafka { topic: String, partition: i32, offset: i64, timestamp_ms: Option<i64> },
+    Kafka { topic: std::sync::Arc<str>, partition: i32, offset: i64, timestamp_ms: Option<i64> },
 }
 
 impl std::fmt::Display for Coordinates {
