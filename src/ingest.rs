@@ -53,6 +53,8 @@ use crate::source::Coordinates;
 const DECODE_BATCH: usize = 65_536;
 /// The longest a poll blocks, so a stop request is noticed promptly.
 const POLL: Duration = Duration::from_millis(100);
+/// Messages taken between two looks at the clock (flush deadline, idleness, health).
+const CHECK_EVERY: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -332,6 +334,8 @@ struct TableState {
     topic_name: Option<Arc<str>>,
     records_unreported: u64,
     bytes_unreported: u64,
+    /// Parquet bytes the data writer held after the last hand-over.
+    buffered_bytes: u64,
 }
 
 enum Committed {
@@ -425,6 +429,7 @@ impl TableState {
             topic_name: None,
             records_unreported: 0,
             bytes_unreported: 0,
+            buffered_bytes: 0,
             metrics,
             name,
         })
@@ -628,6 +633,8 @@ impl TableState {
             self.rows_since_commit += batch.num_rows() as u64;
             let runtime = self.runtime.clone();
             runtime.block_on(self.data.write(batch)).map_err(|e| self.sink_err(e))?;
+            // Estimating the writer's buffered size walks every column: once per hand-over.
+            self.buffered_bytes = self.data.buffered_bytes() as u64;
         }
         self.dead_since_commit.extend(dead);
         Ok(())
@@ -641,7 +648,7 @@ impl TableState {
         let rows = self.rows_since_commit + self.pipeline.pending() as u64;
         rows >= self.flush.max_rows as u64
             || self.input_bytes_since_commit >= self.flush.max_bytes
-            || self.data.buffered_bytes() as u64 >= self.flush.max_bytes
+            || self.buffered_bytes >= self.flush.max_bytes
             || self.oldest_pending.is_some_and(|t| t.elapsed() >= self.flush.max_latency)
     }
 
@@ -658,6 +665,7 @@ impl TableState {
         self.rows_since_commit = 0;
         self.dead_letters_since_commit = 0;
         self.input_bytes_since_commit = 0;
+        self.buffered_bytes = 0;
         self.oldest_pending = None;
     }
 
@@ -754,6 +762,7 @@ impl TableState {
         self.rows_since_commit = 0;
         self.dead_letters_since_commit = 0;
         self.input_bytes_since_commit = 0;
+        self.buffered_bytes = 0;
         self.oldest_pending = None;
         Ok(Committed::Done(offsets))
     }
@@ -826,22 +835,30 @@ fn table_loop(
     health.ready.store(true, Ordering::Relaxed);
     info!(%table, %topic, "consuming");
     let mut last_message = Instant::now();
+    // Messages taken since the last look at the clock; the flush, idle and health checks run
+    // every CHECK_EVERY messages or when a poll comes back empty, not per message.
+    let mut unchecked = 0usize;
     let result = (|| -> Result<(), IngestError> {
         loop {
-            health.turn();
-            if let Some(e) = shared.take_fatal() {
-                return Err(e);
-            }
-            if stop.load(Ordering::Relaxed) {
-                return Ok(());
+            if unchecked == 0 {
+                health.turn();
+                if let Some(e) = shared.take_fatal() {
+                    return Err(e);
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
             }
             let polled = consumer.poll(POLL);
             let mut state = shared.state();
             match polled {
                 None => {}
                 Some(Ok(message)) => {
-                    last_message = Instant::now();
                     state.accept(&message)?;
+                    unchecked += 1;
+                    if unchecked < CHECK_EVERY {
+                        continue;
+                    }
                 }
                 Some(Err(e)) => {
                     shared.metrics.kafka_errors.get_or_create(&shared.label).inc();
@@ -852,6 +869,14 @@ fn table_loop(
                     }
                     warn!(%table, error = %e, "consuming");
                 }
+            }
+            if unchecked > 0 {
+                last_message = Instant::now();
+                unchecked = 0;
+            }
+            // A rebalance callback inside the poll may have raised a fatal error.
+            if let Some(e) = shared.take_fatal() {
+                return Err(e);
             }
             let quiet = last_message.elapsed().min(state.assigned_at.elapsed());
             let idle = options.exit_when_idle.is_some_and(|d| quiet >= d);
