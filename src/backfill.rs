@@ -17,7 +17,7 @@ use crate::config::{EventTime, FlushPolicy, ParquetOptions};
 use crate::contract::Contract;
 use crate::decode::Decoder;
 use crate::pipeline::{DeadLetter, PipelineError, TablePipeline};
-use crate::sink::{dead_letter_batch, dlq_schema, CommitInfo, SinkError, TableWriter};
+use crate::sink::{dead_letter_batch, CommitInfo, SinkError, TablePair, TableWriter};
 use crate::source::file::{DelimitedReader, Frame};
 use crate::source::Coordinates;
 
@@ -115,23 +115,16 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
     .with_validator(spec.validator);
     let properties: std::collections::HashMap<String, String> =
         [("protolake.contractVersion".to_string(), contract_version.clone())].into();
-    let data = TableWriter::open_or_create(
-        &spec.location,
-        pipeline.table_schema(),
-        pipeline.partition_columns(),
-        properties.clone(),
-        &spec.parquet,
-        spec.flush.target_file_size,
-    )
-    .await?;
-    let dlq = TableWriter::open_or_create(
-        &spec.dlq_location,
-        dlq_schema(),
-        Vec::new(),
+    let (data, dlq) = TablePair {
+        location: &spec.location,
+        dlq_location: &spec.dlq_location,
+        schema: pipeline.table_schema(),
+        partition_columns: pipeline.partition_columns(),
         properties,
-        &spec.parquet,
-        spec.flush.target_file_size,
-    )
+        parquet: &spec.parquet,
+        target_file_size: spec.flush.target_file_size,
+    }
+    .open()
     .await?;
     let mut run = Run {
         pipeline,

@@ -44,7 +44,7 @@ use crate::contract::Contract;
 use crate::decode::Decoder;
 use crate::metrics::{Health, Metrics, OutcomeLabel, PartitionLabel, ReasonLabel, TableHealth, TableLabel};
 use crate::pipeline::{DeadLetter, PipelineError, TablePipeline};
-use crate::sink::{dead_letter_batch, dlq_schema, CommitInfo, SinkError, TableWriter};
+use crate::sink::{dead_letter_batch, CommitInfo, SinkError, TablePair, TableWriter};
 use crate::source::framing::Unframer;
 use crate::source::kafka::{app_id, consumer_config, coordinates, headers, producer_config, starts_at_end};
 use crate::source::Coordinates;
@@ -371,24 +371,16 @@ impl TableState {
             ("delta.checkpointInterval".to_string(), setup.config.checkpoint_interval.to_string()),
         ]
         .into();
-        let data = TableWriter::open_or_create(
-            &setup.config.location,
-            pipeline.table_schema(),
-            pipeline.partition_columns(),
-            properties.clone(),
-            &setup.config.parquet,
-            setup.config.flush.target_file_size,
-        )
-        .await
-        .map_err(sink_err)?;
-        let dlq = TableWriter::open_or_create(
-            &setup.config.dlq_location,
-            dlq_schema(),
-            Vec::new(),
+        let (data, dlq) = TablePair {
+            location: &setup.config.location,
+            dlq_location: &setup.config.dlq_location,
+            schema: pipeline.table_schema(),
+            partition_columns: pipeline.partition_columns(),
             properties,
-            &setup.config.parquet,
-            setup.config.flush.target_file_size,
-        )
+            parquet: &setup.config.parquet,
+            target_file_size: setup.config.flush.target_file_size,
+        }
+        .open()
         .await
         .map_err(sink_err)?;
         let dlq_topic = match &setup.config.dlq_topic {
@@ -603,7 +595,8 @@ impl TableState {
             self.first_message_at.get_or_insert(now);
         }
         if self.pipeline.pending() >= DECODE_BATCH {
-            self.hand_over()?;
+            let runtime = self.runtime.clone();
+            runtime.block_on(self.hand_over())?;
         }
         Ok(())
     }
@@ -624,15 +617,14 @@ impl TableState {
     }
 
     /// Moves decoded rows into Parquet files and dead letters aside (nothing visible yet).
-    fn hand_over(&mut self) -> Result<(), IngestError> {
+    async fn hand_over(&mut self) -> Result<(), IngestError> {
         self.report_received();
         let now = chrono::Utc::now().timestamp_micros();
         let (batch, dead) =
             self.pipeline.take(now).map_err(|cause| IngestError::Pipeline { table: self.name.clone(), cause })?;
         if let Some(batch) = batch {
             self.rows_since_commit += batch.num_rows() as u64;
-            let runtime = self.runtime.clone();
-            runtime.block_on(self.data.write(batch)).map_err(|e| self.sink_err(e))?;
+            self.data.write(batch).await.map_err(|e| self.sink_err(e))?;
             // Estimating the writer's buffered size walks every column: once per hand-over.
             self.buffered_bytes = self.data.buffered_bytes() as u64;
         }
@@ -676,16 +668,8 @@ impl TableState {
             return Ok(Committed::Nothing);
         }
         let started = Instant::now();
-        self.report_received();
-        // Like `hand_over`, but awaiting (this runs on the runtime, which must not block on itself).
+        self.hand_over().await?;
         let now = chrono::Utc::now().timestamp_micros();
-        let (batch, dead) =
-            self.pipeline.take(now).map_err(|cause| IngestError::Pipeline { table: self.name.clone(), cause })?;
-        if let Some(batch) = batch {
-            self.rows_since_commit += batch.num_rows() as u64;
-            self.data.write(batch).await.map_err(|e| self.sink_err(e))?;
-        }
-        self.dead_since_commit.extend(dead);
         let positions: Vec<(String, i64)> = self
             .owned
             .iter()

@@ -9,19 +9,9 @@ use std::process::{Command, Output};
 use prost::Message;
 use serde_json::Value;
 
-#[derive(Clone, PartialEq, Message)]
-struct AdImpression {
-    #[prost(string, tag = "1")]
-    impression_id: String,
-    #[prost(message, optional, tag = "2")]
-    event_time: Option<prost_types::Timestamp>,
-    #[prost(string, tag = "3")]
-    event_type: String,
-    #[prost(int32, tag = "5")]
-    slot: i32,
-    #[prost(string, repeated, tag = "10")]
-    tags: Vec<String>,
-}
+mod common;
+
+use common::AdImpression;
 
 fn protolake(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_protolake")).args(args).current_dir(dir).output().expect("binary runs")

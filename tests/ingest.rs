@@ -22,17 +22,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 
-#[derive(Clone, PartialEq, Message)]
-struct AdImpression {
-    #[prost(string, tag = "1")]
-    impression_id: String,
-    #[prost(message, optional, tag = "2")]
-    event_time: Option<prost_types::Timestamp>,
-    #[prost(string, tag = "3")]
-    event_type: String,
-    #[prost(int32, tag = "5")]
-    slot: i32,
-}
+mod common;
+
+use common::AdImpression;
 
 /// A broker for one test: the real one from the environment, or a mock cluster.
 struct Broker {
@@ -100,6 +92,7 @@ fn record(i: usize) -> Vec<u8> {
         event_time: Some(prost_types::Timestamp { seconds: 1_763_683_200 + (i as i64 % 3) * 86_400, nanos: 0 }),
         event_type: if i % 2 == 0 { "impression".into() } else { "click".into() },
         slot: i as i32,
+        tags: Vec::new(),
     }
     .encode_to_vec()
 }

@@ -279,6 +279,43 @@ impl TableWriter {
     }
 }
 
+/// Where a pipeline writes: its data table and its dead-letter table.
+pub struct TablePair<'a> {
+    pub location: &'a str,
+    pub dlq_location: &'a str,
+    pub schema: SchemaRef,
+    pub partition_columns: Vec<String>,
+    /// Table properties set when a table is created.
+    pub properties: HashMap<String, String>,
+    pub parquet: &'a ParquetOptions,
+    pub target_file_size: u64,
+}
+
+impl TablePair<'_> {
+    /// Opens (creating if needed) the data table, then the dead-letter table.
+    pub async fn open(self) -> Result<(TableWriter, TableWriter), SinkError> {
+        let data = TableWriter::open_or_create(
+            self.location,
+            self.schema,
+            self.partition_columns,
+            self.properties.clone(),
+            self.parquet,
+            self.target_file_size,
+        )
+        .await?;
+        let dlq = TableWriter::open_or_create(
+            self.dlq_location,
+            super::dlq_schema(),
+            Vec::new(),
+            self.properties,
+            self.parquet,
+            self.target_file_size,
+        )
+        .await?;
+        Ok((data, dlq))
+    }
+}
+
 /// The schema of the table at `location`, or None when there is no table there.
 pub async fn table_schema_at(location: &str) -> Result<Option<SchemaRef>, SinkError> {
     let err = |cause| SinkError::Delta { location: location.to_string(), cause };

@@ -482,3 +482,19 @@ pub fn first_difference(a: &Json, b: &Json, path: &str) -> Option<String> {
         _ => Some(format!("{path}: decoded {a} but the oracle says {b}")),
     }
 }
+
+/// The leading fields of `protolake.examples.v1.AdImpression` (proto/), as a producer's
+/// generated code would send them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdImpression {
+    #[prost(string, tag = "1")]
+    pub impression_id: String,
+    #[prost(message, optional, tag = "2")]
+    pub event_time: Option<prost_types::Timestamp>,
+    #[prost(string, tag = "3")]
+    pub event_type: String,
+    #[prost(int32, tag = "5")]
+    pub slot: i32,
+    #[prost(string, repeated, tag = "10")]
+    pub tags: Vec<String>,
+}
