@@ -569,7 +569,9 @@ fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
     // Pseudo-random kill moments (fixed seed: a failure can be replayed).
     let mut seed: u64 = std::env::var("PROTOLAKE_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(42);
     let mut killed_with_progress = 0;
+    let mut killed = 0;
     for k in 0..kills {
+        killed += 1;
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let delay = Duration::from_millis(300 + (seed >> 33) % 1200);
         let before = read_table(&lake.table(), &["_source_offset"]).len();
@@ -599,7 +601,10 @@ fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
         .collect();
     assert_eq!(dead.len(), dead_set.len(), "a dead letter was written twice");
     assert_offsets(&dead_set, &expected_offsets(0..n, partitions, &bad), "dead letters");
-    eprintln!("{killed_with_progress} of the kills came after some progress");
+    eprintln!(
+        "{killed} kills, {killed_with_progress} of them after the table had grown; {} rows exactly once",
+        rows.len()
+    );
 }
 
 #[test]
