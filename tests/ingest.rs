@@ -75,10 +75,11 @@ impl Broker {
     /// the next batch (skipping the rest of the one it asked for), so batches of one keep its
     /// answers exact; the daemon reports such skips as `offset_gaps`.
     fn producer(&self) -> BaseProducer {
+        let one_per_batch = if self.mock.is_some() { "10000" } else { "1" };
         ClientConfig::new()
             .set("bootstrap.servers", &self.servers)
-            .set("linger.ms", "0")
-            .set("batch.num.messages", "1")
+            .set("linger.ms", if self.mock.is_some() { "5" } else { "0" })
+            .set("batch.num.messages", one_per_batch)
             .set("enable.idempotence", "false")
             .create()
             .expect("producer")
@@ -573,12 +574,18 @@ fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
     for k in 0..kills {
         killed += 1;
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(300 + (seed >> 33) % 1200);
+        let delay = Duration::from_millis(100 + (seed >> 33) % 900);
         let before = read_table(&lake.table(), &["_source_offset"]).len();
         // Each run joins a new group: the killed member's group membership (which a broker
         // keeps until its session times out) is irrelevant, since positions come from the table.
         let group = unique("crash-group");
-        let mut child = lake.start_in_group(Some(&group), &[], &format!("crash{k}.log"));
+        let log = format!("crash{k}.log");
+        let mut child = lake.start_in_group(Some(&group), &[], &log);
+        // The moment is counted from the assignment, so every kill lands while it ingests.
+        let joining = Instant::now();
+        while !lake.log(&log).contains("partitions=[\"") && joining.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(delay);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
