@@ -559,22 +559,25 @@ fn start_up_refuses_a_descriptor_that_left_its_pinned_contract() {
 fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
     let broker = broker();
     let topic = unique("crash");
-    let partitions = 3;
+    let env = |name: &str, default: usize| -> usize {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    };
+    let partitions = env("PROTOLAKE_CRASH_PARTITIONS", 3) as i32;
     broker.create_topic(&topic, partitions);
-    let n: usize = std::env::var("PROTOLAKE_CRASH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60_000);
-    let kills: usize = std::env::var("PROTOLAKE_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let n = env("PROTOLAKE_CRASH_RECORDS", 60_000);
+    let kills = env("PROTOLAKE_CRASH_KILLS", 10);
     let bad = |i: usize| i % 1000 == 999;
     produce(&broker.producer(), &topic, partitions, 0..n, &bad);
 
     let lake = Lake::new(&broker, &topic, r#"{ max_rows = 4000, max_latency = "300ms" }"#, "");
     // Pseudo-random kill moments (fixed seed: a failure can be replayed).
-    let mut seed: u64 = std::env::var("PROTOLAKE_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(42);
+    let mut seed = env("PROTOLAKE_CRASH_SEED", 42) as u64;
     let mut killed_with_progress = 0;
     let mut killed = 0;
     for k in 0..kills {
         killed += 1;
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let delay = Duration::from_millis(100 + (seed >> 33) % 900);
+        let delay = Duration::from_millis(100 + (seed >> 33) % env("PROTOLAKE_CRASH_MAX_DELAY_MS", 900) as u64);
         let before = read_table(&lake.table(), &["_source_offset"]).len();
         // Each run joins a new group: the killed member's group membership (which a broker
         // keeps until its session times out) is irrelevant, since positions come from the table.
