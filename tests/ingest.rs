@@ -569,7 +569,8 @@ fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
     let bad = |i: usize| i % 1000 == 999;
     produce(&broker.producer(), &topic, partitions, 0..n, &bad);
 
-    let lake = Lake::new(&broker, &topic, r#"{ max_rows = 4000, max_latency = "300ms" }"#, "");
+    let flush = format!("{{ max_rows = {}, max_latency = \"300ms\" }}", env("PROTOLAKE_CRASH_FLUSH_ROWS", 4000));
+    let lake = Lake::new(&broker, &topic, &flush, "");
     // Pseudo-random kill moments (fixed seed: a failure can be replayed).
     let mut seed = env("PROTOLAKE_CRASH_SEED", 42) as u64;
     let mut killed_with_progress = 0;
