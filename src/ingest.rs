@@ -760,10 +760,15 @@ impl TableState {
         warn!(table = %self.name, cause, "another writer committed the same partitions; re-reading from the table");
         self.metrics.commits.get_or_create(&self.outcome("conflict")).inc();
         self.report.conflicts += 1;
+        self.reload().await?;
+        Ok(Committed::Conflict)
+    }
+
+    /// Drops the open batch and reads every owned partition's position from the tables again.
+    async fn reload(&mut self) -> Result<(), IngestError> {
         self.abandon();
         let tps: Vec<Tp> = self.owned.keys().cloned().collect();
-        self.load_positions(&tps).await?;
-        Ok(Committed::Conflict)
+        self.load_positions(&tps).await
     }
 
     /// Sends dead letters to the dead-letter topic, if one is configured (at least once).
@@ -900,31 +905,30 @@ fn commit_with_retries(
     consumer: &BaseConsumer<IngestContext>,
     retry_for: Duration,
 ) -> Result<(), IngestError> {
+    let error = match shared.runtime.block_on(state.commit()) {
+        Ok(Committed::Nothing) => return Ok(()),
+        Ok(Committed::Done(offsets)) => {
+            state.failing_since = None;
+            commit_group_offsets(consumer, &offsets, CommitMode::Async);
+            return Ok(());
+        }
+        Ok(Committed::Conflict) => return seek_to_table(state, consumer),
+        Err(e) => e,
+    };
+    state.metrics.commits.get_or_create(&state.outcome("failed")).inc();
+    warn!(table = %state.name, error = %error, "commit failed; the batch will be read again");
+    let since = *state.failing_since.get_or_insert_with(Instant::now);
     let mut wait = Duration::from_millis(200);
+    // Until the positions are reloaded the consumer must not go on past the dropped batch.
     loop {
-        let error = match shared.runtime.block_on(state.commit()) {
-            Ok(Committed::Nothing) => return Ok(()),
-            Ok(Committed::Done(offsets)) => {
-                state.failing_since = None;
-                commit_group_offsets(consumer, &offsets, CommitMode::Async);
-                return Ok(());
-            }
-            Ok(Committed::Conflict) => return seek_to_table(state, consumer),
-            Err(e) => e,
-        };
-        state.metrics.commits.get_or_create(&state.outcome("failed")).inc();
-        let since = *state.failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() + wait >= retry_for {
             return Err(error);
         }
-        warn!(table = %state.name, error = %error, retry_in = ?wait, "commit failed; the batch will be read again");
         std::thread::sleep(wait);
         wait = (wait * 2).min(Duration::from_secs(30));
-        state.abandon();
-        let tps: Vec<Tp> = state.owned.keys().cloned().collect();
-        match shared.runtime.block_on(state.load_positions(&tps)) {
+        match shared.runtime.block_on(state.reload()) {
             Ok(()) => return seek_to_table(state, consumer),
-            Err(e) => warn!(table = %state.name, error = %e, "reading the table's positions"),
+            Err(e) => warn!(table = %state.name, error = %e, retry_in = ?wait, "reading the table's positions"),
         }
     }
 }

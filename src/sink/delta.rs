@@ -8,7 +8,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -67,8 +67,6 @@ pub struct TableWriter {
     table: DeltaTable,
     writer: RecordBatchWriter,
     schema: SchemaRef,
-    /// Files written by a commit that failed; the next commit retries them.
-    unflushed: Vec<Add>,
     writer_properties: WriterProperties,
     target_file_size: u64,
 }
@@ -139,7 +137,6 @@ impl TableWriter {
             table,
             writer,
             schema,
-            unflushed: Vec::new(),
             writer_properties,
             target_file_size,
         })
@@ -158,7 +155,6 @@ impl TableWriter {
     /// (never part of the table; `VACUUM` removes them).
     pub fn abandon(&mut self) -> Result<(), SinkError> {
         let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        self.unflushed.clear();
         self.writer = RecordBatchWriter::for_table(&self.table)
             .map_err(err)?
             .with_writer_properties(self.writer_properties.clone())
@@ -230,8 +226,8 @@ impl TableWriter {
     /// Finishes the open files and commits them with the source positions they cover, in one
     /// Delta commit (None when there was nothing to commit). The commit is checked against
     /// every commit made since this writer's snapshot: one that recorded any of the same
-    /// positions fails it with [`SinkError::Conflict`]. After any other failure the written
-    /// files are kept and the next commit retries them.
+    /// positions fails it with [`SinkError::Conflict`]. After any failure the written files are
+    /// not part of the table; the caller drops the batch ([`TableWriter::abandon`]).
     ///
     /// The writer's snapshot moves to exactly the new version, so that the next commit is
     /// checked against everything committed after it.
@@ -241,12 +237,10 @@ impl TableWriter {
         info: &CommitInfo,
     ) -> Result<Option<Committed>, SinkError> {
         let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        let flushed = self.writer.flush().await.map_err(err)?;
-        self.unflushed.extend(flushed);
-        if self.unflushed.is_empty() && positions.is_empty() {
+        let adds = self.writer.flush().await.map_err(err)?;
+        if adds.is_empty() && positions.is_empty() {
             return Ok(None);
         }
-        let adds = self.unflushed.clone();
         let files = adds.len();
         let now = chrono::Utc::now().timestamp_millis();
         let txns: Vec<Transaction> = positions
@@ -272,7 +266,6 @@ impl TableWriter {
             .build(Some(snapshot), self.table.log_store(), operation)
             .await
             .map_err(|cause| SinkError::from_commit(&self.location, cause))?;
-        self.unflushed.clear();
         let version = finalized.version();
         self.table.update_incremental(Some(version)).await.map_err(err)?;
         Ok(Some(Committed { version, files }))
