@@ -148,6 +148,8 @@ fn main() {
         framing: Framing::Raw,
         dlq_topic: None,
         checkpoint_interval: 100,
+        final_location: format!("{location}_final"),
+        close_books: Default::default(),
     };
     let kafka = KafkaConfig {
         properties: [("bootstrap.servers".to_string(), servers.clone())].into(),

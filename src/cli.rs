@@ -33,6 +33,14 @@ pub enum Command {
     /// Ingest archived varint-delimited protobuf files into a Delta table (and its dead-letter
     /// table). Rerunning over the same files adds nothing.
     Backfill(BackfillArgs),
+    /// Close the books for a day: re-check one day of a raw table against its contract, remove
+    /// duplicates by the table's key (the latest event time wins; ties go to the highest
+    /// source position), and publish the day into the final table in one commit that replaces
+    /// that day. Rerunning adds nothing; rows that arrived late are picked up.
+    ///
+    /// Exit codes: 0 closed (or unchanged), 1 failed, 2 bad arguments, 3 the day is still open
+    /// (try later), 4 another run published the same day meanwhile.
+    CloseBooks(CloseBooksArgs),
     /// Generate sample ad-impression events (some duplicated, some invalid), ingest them into
     /// ./lake/ through the real pipeline, and show how to query the result.
     Quickstart(QuickstartArgs),
@@ -82,6 +90,32 @@ pub struct IngestArgs {
     /// `off` disables them).
     #[arg(long, value_name = "HOST:PORT|off")]
     pub metrics_address: Option<String>,
+}
+
+#[derive(Args)]
+pub struct CloseBooksArgs {
+    /// The config file.
+    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
+    pub config: PathBuf,
+    /// Table name in the config file.
+    #[arg(long, value_name = "NAME")]
+    pub table: String,
+    /// The day (an `event_date`, UTC) to close. Default: yesterday in the table's
+    /// close_books.time_zone.
+    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to"])]
+    pub date: Option<chrono::NaiveDate>,
+    /// First day of a range to close, one commit per day.
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "to")]
+    pub from: Option<chrono::NaiveDate>,
+    /// Last day of the range (inclusive).
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "from")]
+    pub to: Option<chrono::NaiveDate>,
+    /// Close a day that is still within its grace period (close_books.grace after its end).
+    #[arg(long)]
+    pub force: bool,
+    /// Print each day's report as one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {

@@ -12,7 +12,7 @@ use protolake::contract::{delta_schema, diff, diff_types, Contract, PinnedContra
 use protolake::decode::{DecodeOptions, Decoder};
 use protolake::validate::{validator_for, RecordValidator};
 
-use crate::cli::{load_pool, BackfillArgs, IngestArgs, TableArgs};
+use crate::cli::{load_pool, BackfillArgs, CloseBooksArgs, IngestArgs, TableArgs};
 
 /// Builds the decoder of a configured table and the validator of its `buf.validate` rules.
 pub fn table_decoder(table: &TableConfig) -> Result<(Decoder, Option<RecordValidator>)> {
@@ -167,16 +167,8 @@ pub async fn schema_check(args: &TableArgs) -> Result<ExitCode> {
 /// The payload columns of a live table (metadata columns and event_date left out).
 async fn live_payload(location: &str) -> Result<Option<Contract>> {
     let Some(schema) = protolake::sink::table_schema_at(location).await? else { return Ok(None) };
-    let payload: Vec<_> = schema
-        .fields()
-        .iter()
-        .filter(|f| {
-            !f.name().starts_with("_source_")
-                && f.name() != protolake::pipeline::INGESTED_AT
-                && f.name() != protolake::pipeline::EVENT_DATE
-        })
-        .cloned()
-        .collect();
+    let payload: Vec<_> =
+        schema.fields().iter().filter(|f| !protolake::pipeline::is_metadata_column(f.name())).cloned().collect();
     Ok(Some(Contract::from_arrow(&arrow::datatypes::Schema::new(payload))?))
 }
 
@@ -426,4 +418,99 @@ fn init_logging(format: &str) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+pub async fn close_books(args: &CloseBooksArgs) -> Result<ExitCode> {
+    use protolake::close_books::{self as books, CloseOptions, Outcome};
+    let config = Config::load(&args.config)?;
+    let table = config.table(&args.table)?;
+    let now = chrono::Utc::now();
+    let (from, to) = match (args.date, args.from, args.to) {
+        (Some(d), _, _) => (d, d),
+        (None, Some(from), Some(to)) => (from, to),
+        _ => {
+            let d = books::yesterday(table, now);
+            (d, d)
+        }
+    };
+    if from > to {
+        bail!("--from {from} is after --to {to}");
+    }
+    let mut worst = 0u8;
+    let mut date = from;
+    loop {
+        let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressBar::new_spinner()
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}]").expect("a valid template"));
+        bar.set_message(format!("closing {} {date}", table.name));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let options = CloseOptions { date, force: args.force, now };
+        let progress = |rows: u64| bar.set_message(format!("closing {} {date}: {rows} rows read", table.name));
+        let result = books::close_day(table, &options, &progress).await;
+        bar.finish_and_clear();
+        match result {
+            Ok(report) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&report)?);
+                } else {
+                    print_report(&report);
+                }
+                if report.outcome == Outcome::Published && report.rows_read == 0 {
+                    eprintln!("warning: {} {date}: the raw table has no rows for this day", table.name);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                worst = worst.max(e.exit_code());
+            }
+        }
+        match date.succ_opt() {
+            Some(next) if next <= to => date = next,
+            _ => break,
+        }
+    }
+    Ok(ExitCode::from(worst))
+}
+
+fn print_report(r: &protolake::close_books::Report) {
+    use protolake::close_books::Outcome;
+    match r.outcome {
+        Outcome::Unchanged => println!(
+            "{} {}: unchanged, nothing arrived since it was closed from raw version {} ({} rows)",
+            r.table,
+            r.date,
+            r.previous_source_version.unwrap_or(r.source_version),
+            r.rows_read
+        ),
+        Outcome::Published => {
+            println!(
+                "{} {}: published {} rows as final version {} (raw version {}, {} ms)",
+                r.table,
+                r.date,
+                r.rows_published,
+                r.final_version.unwrap_or_default(),
+                r.source_version,
+                r.duration_ms
+            );
+            println!(
+                "  read {}, invalid {}, duplicates removed {}; files written {}, replaced {}",
+                r.rows_read, r.rows_invalid, r.duplicates_removed, r.files_written, r.files_replaced
+            );
+            if let Some(previous) = r.previous_source_version {
+                match r.late_rows {
+                    Some(late) => println!("  closed before from raw version {previous}; {late} rows arrived since"),
+                    None => println!("  closed before from raw version {previous}"),
+                }
+            }
+            for example in &r.invalid_examples {
+                println!("  invalid: {example}");
+            }
+            if r.rows_invalid > r.invalid_examples.len() as u64 {
+                println!("  ({} more invalid rows)", r.rows_invalid - r.invalid_examples.len() as u64);
+            }
+        }
+    }
 }

@@ -127,6 +127,31 @@ pub struct TableConfig {
     pub dlq_topic: Option<String>,
     /// Commits between two Delta checkpoints (the table property `delta.checkpointInterval`).
     pub checkpoint_interval: u32,
+    /// Where `close-books` publishes the deduplicated days (`<location>_final` by default).
+    pub final_location: String,
+    pub close_books: CloseBooksConfig,
+}
+
+/// Settings of `close-books` for one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseBooksConfig {
+    /// How long after a day's end (UTC midnight, the end of its `event_date`) the day may be
+    /// closed without `--force`: late records still arriving belong to it.
+    pub grace: Duration,
+    /// The zone whose calendar picks "yesterday" when no date is given.
+    pub time_zone: chrono_tz::Tz,
+    /// Memory the scan and deduplication may hold before spilling to disk.
+    pub memory_limit: u64,
+}
+
+impl Default for CloseBooksConfig {
+    fn default() -> Self {
+        CloseBooksConfig {
+            grace: Duration::from_secs(3600),
+            time_zone: chrono_tz::UTC,
+            memory_limit: 2 * 1024 * 1024 * 1024,
+        }
+    }
 }
 
 /// How a Kafka message's value carries the protobuf record.
@@ -247,6 +272,17 @@ struct RawTable {
     schema_ids: Vec<u32>,
     dlq_topic: Option<String>,
     checkpoint_interval: Option<u32>,
+    final_location: Option<String>,
+    #[serde(default)]
+    close_books: RawCloseBooks,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloseBooks {
+    grace: Option<HumanDuration>,
+    time_zone: Option<String>,
+    memory_limit: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -596,6 +632,34 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
     if checkpoint_interval == 0 {
         return Err(invalid("checkpoint_interval must be at least 1".into()));
     }
+    let final_location = match t.final_location {
+        Some(l) if l.trim().is_empty() => return Err(invalid("final_location is empty".into())),
+        Some(l) => resolve_location(&l, base),
+        None => format!("{}_final", location.trim_end_matches('/')),
+    };
+    if final_location == location || final_location == dlq_location {
+        return Err(invalid("final_location must differ from location and dlq_location".into()));
+    }
+    let books_defaults = CloseBooksConfig::default();
+    let time_zone = match t.close_books.time_zone {
+        None => books_defaults.time_zone,
+        Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
+            invalid(format!(
+                "close_books.time_zone = {name:?} is not an IANA time zone (e.g. \"UTC\", \"Europe/Berlin\", \"America/New_York\")"
+            ))
+        })?,
+    };
+    let close_books = CloseBooksConfig {
+        grace: t.close_books.grace.map_or(books_defaults.grace, |d| d.0),
+        time_zone,
+        memory_limit: t.close_books.memory_limit.map_or(books_defaults.memory_limit, |b| b.0),
+    };
+    if close_books.memory_limit < 64 * 1024 * 1024 {
+        return Err(invalid(format!(
+            "close_books.memory_limit of {} bytes is too small to sort a day; use at least 64MiB",
+            close_books.memory_limit
+        )));
+    }
     Ok(TableConfig {
         name: name.into(),
         descriptor,
@@ -613,6 +677,8 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
         framing,
         dlq_topic: t.dlq_topic,
         checkpoint_interval,
+        final_location,
+        close_books,
     })
 }
 

@@ -10,6 +10,8 @@
 
 #[cfg(feature = "delta")]
 pub mod backfill;
+#[cfg(feature = "delta")]
+pub mod close_books;
 pub mod config;
 pub mod contract;
 pub mod decode;

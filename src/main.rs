@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Command::Schema(SchemaCommand::Check(args)) => commands::schema_check(args).await,
             Command::Backfill(args) => commands::backfill(args).await,
             Command::Ingest(args) => commands::ingest(args).await,
+            Command::CloseBooks(args) => commands::close_books(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
         }
     });

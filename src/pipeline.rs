@@ -32,6 +32,12 @@ pub const SOURCE_INDEX: &str = "_source_index";
 pub const INGESTED_AT: &str = "_ingested_at";
 pub const EVENT_DATE: &str = "event_date";
 
+/// Whether a table column is one protolake adds (source coordinates, ingest time, the
+/// `event_date` partition) rather than one of the message's.
+pub fn is_metadata_column(name: &str) -> bool {
+    name == EVENT_DATE || name == INGESTED_AT || name.starts_with("_source_")
+}
+
 /// The coordinate columns every data and dead-letter row carries.
 pub fn source_fields() -> Vec<Field> {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));

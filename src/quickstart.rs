@@ -16,6 +16,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use protolake::close_books;
 use protolake::config::{
     DescriptorSource, EventTime, FlushPolicy, Framing, IngestConfig, KafkaConfig, ParquetOptions, TableConfig,
 };
@@ -195,12 +196,15 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         framing: Framing::Raw,
         dlq_topic: None,
         checkpoint_interval: 100,
+        final_location: format!("{}_final", location),
+        close_books: Default::default(),
     };
     let kafka = KafkaConfig {
         properties: [("bootstrap.servers".to_string(), cluster.bootstrap_servers())].into(),
         group_id: "protolake-quickstart".into(),
     };
     let ingest_config = IngestConfig { metrics_address: None, commit_retry_for: Duration::from_secs(30) };
+    let books_table = table.clone();
     let setup = ingest::TableSetup { config: table, decoder, validator: None, contract: None, index_path: vec![0] };
     let options = ingest::IngestOptions { exit_when_idle: Some(Duration::from_secs(2)) };
     let started = Instant::now();
@@ -239,11 +243,39 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         );
     }
     let duplicates = events.iter().filter(|(l, _)| l == "duplicate").count();
-    println!("\n{duplicates} events were sent twice: both copies are rows here; close-of-books removes them by key.");
+    println!("\n{duplicates} events were sent twice: both copies are rows here.");
+    // The sample's event times start at 2025-11-21T00:00:00Z, 37 s apart.
+    let first = chrono::DateTime::from_timestamp(1_763_683_200, 0).expect("a valid time").date_naive();
+    let last = chrono::DateTime::from_timestamp(1_763_683_200 + 37 * args.events.max(1) as i64 - 37, 0)
+        .expect("a valid time")
+        .date_naive();
+    println!("`protolake close-books` removes them by key and publishes each day into {}:", books_table.final_location);
+    let mut date = first;
+    while date <= last {
+        let options = close_books::CloseOptions { date, force: false, now: chrono::Utc::now() };
+        let r = close_books::close_day(&books_table, &options, &|_| {}).await?;
+        match r.outcome {
+            close_books::Outcome::Published => println!(
+                "  {date}: {} rows read, {} duplicates removed, {} published (final version {})",
+                r.rows_read,
+                r.duplicates_removed,
+                r.rows_published,
+                r.final_version.unwrap_or_default()
+            ),
+            close_books::Outcome::Unchanged => {
+                println!("  {date}: already closed, nothing arrived since ({} rows)", r.rows_read)
+            }
+        }
+        date = date.succ_opt().expect("a next day");
+    }
     println!("Every refused record keeps its bytes, reason, field path, headers and Kafka offset in the DLQ table;");
     println!("every commit records each partition's last offset, so a restart neither loses nor repeats a record.");
     println!("\nQuery it (pip install polars deltalake):");
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{location}').group_by('event_type').len())\"");
+    println!(
+        "  python3 -c \"import polars as pl; print(pl.read_delta('{}').group_by('event_date').len())\"",
+        books_table.final_location
+    );
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{dlq_location}').select('reason','field_path','message'))\"");
     println!("or DuckDB: SELECT event_date, count(*) FROM delta_scan('{location}') GROUP BY ALL;");
     println!("\nNext: docs/ingest.md runs this against your Kafka; `protolake backfill` loads archived files.");

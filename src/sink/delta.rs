@@ -51,6 +51,14 @@ pub struct Committed {
     pub files: usize,
 }
 
+/// What a commit that replaced a partition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced {
+    pub version: u64,
+    pub files_added: usize,
+    pub files_removed: usize,
+}
+
 /// What a commit records besides its files: table-level facts for `commitInfo`.
 #[derive(Debug, Clone, Default)]
 pub struct CommitInfo {
@@ -241,34 +249,84 @@ impl TableWriter {
         if adds.is_empty() && positions.is_empty() {
             return Ok(None);
         }
-        let files = adds.len();
-        let now = chrono::Utc::now().timestamp_millis();
-        let txns: Vec<Transaction> = positions
-            .into_iter()
-            .map(|(app_id, version)| Transaction { app_id, version, last_updated: Some(now) })
-            .collect();
-        let metadata = [
+        let metadata = vec![
             ("protolake.contractVersion".to_string(), serde_json::Value::from(info.contract_version.clone())),
             ("protolake.operation".to_string(), serde_json::Value::from(info.operation.clone())),
             ("protolake.rows".to_string(), serde_json::Value::from(info.rows)),
             ("protolake.deadLetters".to_string(), serde_json::Value::from(info.dead_letters)),
         ];
-        let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
-        let snapshot = self.table.snapshot().map_err(err)?;
-        let partition_columns: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+        let partition_columns: Vec<String> = self.partition_columns.clone();
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
             predicate: None,
         };
+        let files = adds.len();
+        let version =
+            self.commit_actions(adds.into_iter().map(Action::Add).collect(), positions, metadata, operation).await?;
+        Ok(Some(Committed { version, files }))
+    }
+
+    /// Finishes the open files and commits them in place of every file of one partition
+    /// (`column = value`), in one Delta commit: readers see the partition's old files or the
+    /// new ones, never a mix. `positions` and `metadata` are recorded with it. A concurrent
+    /// commit that removed any of the same files or recorded any of the same positions fails
+    /// it with [`SinkError::Conflict`].
+    pub async fn commit_replacing_partition(
+        &mut self,
+        column: &str,
+        value: &str,
+        positions: Vec<(String, i64)>,
+        metadata: Vec<(String, serde_json::Value)>,
+    ) -> Result<Replaced, SinkError> {
+        use deltalake::{FilterOp, FilterValue};
+        use futures::TryStreamExt;
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
+        let adds = self.writer.flush().await.map_err(err)?;
+        let filter = [(column, FilterOp::Eq, FilterValue::Scalar(value))];
+        let removes: Vec<Action> = self
+            .table
+            .get_active_add_actions_by_partitions(&filter)
+            .map_ok(|file| Action::Remove(file.remove_action(true)))
+            .try_collect()
+            .await
+            .map_err(err)?;
+        let files_added = adds.len();
+        let files_removed = removes.len();
+        let mut actions = removes;
+        actions.extend(adds.into_iter().map(Action::Add));
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: Some(self.partition_columns.clone()),
+            predicate: Some(format!("{column} = '{value}'")),
+        };
+        let version = self.commit_actions(actions, positions, metadata, operation).await?;
+        Ok(Replaced { version, files_added, files_removed })
+    }
+
+    async fn commit_actions(
+        &mut self,
+        actions: Vec<Action>,
+        positions: Vec<(String, i64)>,
+        metadata: Vec<(String, serde_json::Value)>,
+        operation: DeltaOperation,
+    ) -> Result<u64, SinkError> {
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
+        let now = chrono::Utc::now().timestamp_millis();
+        let txns: Vec<Transaction> = positions
+            .into_iter()
+            .map(|(app_id, version)| Transaction { app_id, version, last_updated: Some(now) })
+            .collect();
+        let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
+        let snapshot = self.table.snapshot().map_err(err)?;
         let finalized = CommitBuilder::from(properties)
-            .with_actions(adds.into_iter().map(Action::Add).collect())
+            .with_actions(actions)
             .build(Some(snapshot), self.table.log_store(), operation)
             .await
             .map_err(|cause| SinkError::from_commit(&self.location, cause))?;
         let version = finalized.version();
         self.table.update_incremental(Some(version)).await.map_err(err)?;
-        Ok(Some(Committed { version, files }))
+        Ok(version)
     }
 }
 

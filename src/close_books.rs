@@ -1,0 +1,561 @@
+//! Close of books: one day of a raw table, re-checked against the table's contract and
+//! deduplicated by the table's key, published into the final table in one Delta commit that
+//! replaces exactly that day's partition.
+//!
+//! The winner among rows sharing a key is the one with the latest event time; ties go to the
+//! highest source position (Kafka topic, partition, offset; then file, record index), then to
+//! the latest ingest time. Every part of that order is stored in the row, so a rerun over the
+//! same raw rows picks the same winners.
+//!
+//! The day is read from one snapshot of the raw table (version V), so a daemon appending while
+//! the day is closed never yields half a commit. The publish records V (a txn action
+//! `protolake-close-books:<date>`); a rerun finds the raw day's files unchanged since V and
+//! does nothing, or finds late rows and publishes the day again with them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Schema, SchemaRef, UInt64Type};
+use chrono::{NaiveDate, TimeZone, Utc};
+use deltalake::datafusion::common::ScalarValue;
+use deltalake::datafusion::error::DataFusionError;
+use deltalake::datafusion::functions::core::expr_fn::get_field;
+use deltalake::datafusion::functions_window::expr_fn::row_number;
+use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr, ExprFunctionExt, SortExpr};
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::config::{TableConfig, TimeUnit};
+use crate::contract::{diff, Contract, PinnedContracts};
+use crate::pipeline::{
+    is_metadata_column, EVENT_DATE, INGESTED_AT, SOURCE_FILE, SOURCE_INDEX, SOURCE_OFFSET, SOURCE_PARTITION,
+    SOURCE_TOPIC,
+};
+use crate::sink::{SinkError, TableWriter};
+
+/// The txn app id under which the final table records the raw version a day was closed from.
+pub fn app_id(date: NaiveDate) -> String {
+    format!("protolake-close-books:{date}")
+}
+
+const PROBLEM: &str = "_protolake_problem";
+const RANK: &str = "_protolake_rank";
+/// Invalid rows quoted in a report (all are counted).
+const EXAMPLES: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    #[error("table {table}: {message}")]
+    Setup { table: String, message: String },
+    #[error(
+        "table {table}: {date} is still open: it can be closed from {closes_at} (its end, midnight UTC, \
+         plus close_books.grace); pass --force to close it now"
+    )]
+    DayOpen { table: String, date: NaiveDate, closes_at: String },
+    #[error(
+        "table {table}: the raw table {location} does not match its contract {contract}:\n{differences}\n\
+         Fix the table or pin its schema (`protolake schema init`) before closing days of it."
+    )]
+    Contract { table: String, location: String, contract: String, differences: String },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("table {table}: reading {date} of the raw table: {cause}")]
+    Query { table: String, date: NaiveDate, cause: Box<DataFusionError> },
+    #[error(
+        "table {table}: {date} was published by another run while this one worked ({cause}); \
+         rerun to check its result"
+    )]
+    Conflict { table: String, date: NaiveDate, cause: String },
+}
+
+impl CloseError {
+    /// The process exit code a scheduler can act on: 3 = try later (the day is open),
+    /// 4 = another run published the day concurrently, 1 = anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CloseError::DayOpen { .. } => 3,
+            CloseError::Conflict { .. } => 4,
+            _ => 1,
+        }
+    }
+}
+
+/// What a run of one day did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub table: String,
+    pub date: NaiveDate,
+    /// `published` (the day was written) or `unchanged` (nothing arrived since the last close).
+    pub outcome: Outcome,
+    /// The raw table version the day was read from.
+    pub source_version: u64,
+    /// The raw version of the previous close of this day, if it was closed before.
+    pub previous_source_version: Option<u64>,
+    /// Rows of the day that reached the raw table since the previous close (None on a first
+    /// close, or when the raw table's files carry no row counts).
+    pub late_rows: Option<u64>,
+    pub rows_read: u64,
+    pub rows_invalid: u64,
+    pub duplicates_removed: u64,
+    pub rows_published: u64,
+    /// Up to ten invalid rows: where each came from and why it was left out.
+    pub invalid_examples: Vec<String>,
+    /// The final table's version that holds the day (None when unchanged).
+    pub final_version: Option<u64>,
+    pub files_written: usize,
+    pub files_replaced: usize,
+    /// The pinned contract the raw table matched (None: ad-hoc table).
+    pub contract_version: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Published,
+    Unchanged,
+}
+
+/// How one day is closed.
+#[derive(Debug, Clone)]
+pub struct CloseOptions {
+    pub date: NaiveDate,
+    /// Close the day even if it is still within its grace period.
+    pub force: bool,
+    pub now: chrono::DateTime<Utc>,
+}
+
+/// "Yesterday" on the calendar of the table's configured time zone.
+pub fn yesterday(table: &TableConfig, now: chrono::DateTime<Utc>) -> NaiveDate {
+    let today = now.with_timezone(&table.close_books.time_zone).date_naive();
+    today.pred_opt().unwrap_or(today)
+}
+
+/// When `date` may be closed without `--force`: its end (midnight UTC, the end of its
+/// `event_date`) plus the grace period.
+pub fn closes_at(table: &TableConfig, date: NaiveDate) -> chrono::DateTime<Utc> {
+    let end = date.succ_opt().unwrap_or(date).and_hms_opt(0, 0, 0).expect("midnight exists");
+    let grace = chrono::Duration::from_std(table.close_books.grace).unwrap_or(chrono::Duration::MAX);
+    Utc.from_utc_datetime(&end).checked_add_signed(grace).unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
+}
+
+/// Closes one day. `progress` is told the number of rows read so far.
+pub async fn close_day(
+    table: &TableConfig,
+    options: &CloseOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Report, CloseError> {
+    let started = Instant::now();
+    let date = options.date;
+    let setup = |message: String| CloseError::Setup { table: table.name.clone(), message };
+    let Some(event_time) = &table.event_time else {
+        return Err(setup(
+            "has no event_time, so its rows have no day; set event_time = { field = \"...\" } to close days".into(),
+        ));
+    };
+    if table.key.is_empty() {
+        return Err(setup(
+            "has no key to remove duplicates by; set key = [\"...\"] (the columns that identify an event)".into(),
+        ));
+    }
+    let closes_at = closes_at(table, date);
+    if options.now < closes_at && !options.force {
+        return Err(CloseError::DayOpen {
+            table: table.name.clone(),
+            date,
+            closes_at: closes_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+    }
+
+    let raw = open_existing(&table.location)
+        .await?
+        .ok_or_else(|| setup(format!("there is no raw table at {} yet; nothing to close", table.location)))?;
+    let delta = |cause| SinkError::Delta { location: table.location.clone(), cause };
+    let source_version = raw.version().expect("a loaded table has a version");
+    let raw_schema: SchemaRef = raw.snapshot().map_err(delta)?.snapshot().arrow_schema();
+    let partitions = raw.snapshot().map_err(delta)?.metadata().partition_columns().to_vec();
+    if partitions != [EVENT_DATE.to_string()] {
+        return Err(setup(format!(
+            "the raw table {} is partitioned by {partitions:?}, not by {EVENT_DATE}; it was not written with this \
+             event_time",
+            table.location
+        )));
+    }
+    let contract_version = check_contract(table, &raw_schema)?;
+    let day = date.to_string();
+    let (raw_files, raw_rows) = day_files(&raw, &day).await.map_err(delta)?;
+
+    let mut writer = TableWriter::open_or_create(
+        &table.final_location,
+        raw_schema.clone(),
+        vec![EVENT_DATE.to_string()],
+        HashMap::from([("delta.checkpointInterval".to_string(), table.checkpoint_interval.to_string())]),
+        &table.parquet,
+        table.flush.target_file_size,
+    )
+    .await?;
+    let previous = writer.committed_position(&app_id(date)).await?.map(|v| v as u64);
+    let mut late_rows = None;
+    if let Some(previous) = previous {
+        let before = if previous == source_version {
+            Some((raw_files.clone(), raw_rows))
+        } else {
+            files_at(&table.location, previous, &day).await?
+        };
+        if let Some((files, rows)) = before {
+            late_rows = match (raw_rows, rows) {
+                (Some(now), Some(then)) => Some(now.saturating_sub(then)),
+                _ => None,
+            };
+            if files == raw_files {
+                return Ok(Report {
+                    table: table.name.clone(),
+                    date,
+                    outcome: Outcome::Unchanged,
+                    source_version,
+                    previous_source_version: Some(previous),
+                    late_rows: Some(0),
+                    rows_read: raw_rows.unwrap_or(0),
+                    rows_invalid: 0,
+                    duplicates_removed: 0,
+                    rows_published: 0,
+                    invalid_examples: Vec::new(),
+                    final_version: None,
+                    files_written: 0,
+                    files_replaced: 0,
+                    contract_version,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+        }
+    }
+
+    let query = |cause: DataFusionError| CloseError::Query { table: table.name.clone(), date, cause: Box::new(cause) };
+    let mut stream = ranked_day(&raw, table, event_time, &raw_schema, date).await.map_err(query)?;
+    let mut counts = Counts::default();
+    while let Some(batch) = stream.try_next().await.map_err(query)? {
+        let winners = counts.sort_out(&batch, &raw_schema).map_err(|e| query(e.into()))?;
+        if let Some(winners) = winners {
+            writer.write(winners).await?;
+        }
+        progress(counts.read);
+    }
+
+    let metadata = vec![
+        ("protolake.operation".to_string(), serde_json::Value::from("close-books")),
+        ("protolake.date".to_string(), serde_json::Value::from(day.clone())),
+        ("protolake.sourceVersion".to_string(), serde_json::Value::from(source_version)),
+        ("protolake.rowsRead".to_string(), serde_json::Value::from(counts.read)),
+        ("protolake.rowsInvalid".to_string(), serde_json::Value::from(counts.invalid)),
+        ("protolake.duplicatesRemoved".to_string(), serde_json::Value::from(counts.duplicates)),
+        ("protolake.rowsPublished".to_string(), serde_json::Value::from(counts.published)),
+        ("protolake.lateRows".to_string(), serde_json::to_value(late_rows).unwrap_or_default()),
+        ("protolake.contractVersion".to_string(), serde_json::to_value(&contract_version).unwrap_or_default()),
+    ];
+    let committed = writer
+        .commit_replacing_partition(EVENT_DATE, &day, vec![(app_id(date), source_version as i64)], metadata)
+        .await
+        .map_err(|e| match e {
+            SinkError::Conflict { cause, .. } => {
+                CloseError::Conflict { table: table.name.clone(), date, cause: cause.to_string() }
+            }
+            other => other.into(),
+        })?;
+    Ok(Report {
+        table: table.name.clone(),
+        date,
+        outcome: Outcome::Published,
+        source_version,
+        previous_source_version: previous,
+        late_rows,
+        rows_read: counts.read,
+        rows_invalid: counts.invalid,
+        duplicates_removed: counts.duplicates,
+        rows_published: counts.published,
+        invalid_examples: counts.examples,
+        final_version: Some(committed.version),
+        files_written: committed.files_added,
+        files_replaced: committed.files_removed,
+        contract_version,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// The table at `location`, or None when nothing is there yet.
+async fn open_existing(location: &str) -> Result<Option<DeltaTable>, SinkError> {
+    let err = |cause| SinkError::Delta { location: location.to_string(), cause };
+    if !location.contains("://") && !std::path::Path::new(location).join("_delta_log").is_dir() {
+        return Ok(None);
+    }
+    let url = deltalake::ensure_table_uri(location).map_err(err)?;
+    let mut table = DeltaTable::try_from_url(url).await.map_err(err)?;
+    match table.load().await {
+        Ok(()) => {}
+        Err(DeltaTableError::NotATable(_)) => return Ok(None),
+        Err(cause) => return Err(err(cause)),
+    }
+    Ok(table.version().is_some().then_some(table))
+}
+
+/// The raw table's payload must be one of its pinned contract versions (the newest, or an
+/// older one the table has not yet been evolved past). Returns that version's name.
+fn check_contract(table: &TableConfig, raw_schema: &Schema) -> Result<Option<String>, CloseError> {
+    let Some(dir) = &table.contract_dir else { return Ok(None) };
+    let setup = |message: String| CloseError::Setup { table: table.name.clone(), message };
+    let pinned = PinnedContracts::load(dir).map_err(|e| setup(e.to_string()))?;
+    let Some((newest, newest_contract)) = pinned.newest() else {
+        return Err(setup(format!(
+            "no contract pinned in {}; run `protolake schema init --table {}` (or set contract_dir = \"\" for an \
+             ad-hoc table)",
+            dir.display(),
+            table.name
+        )));
+    };
+    let payload: Vec<_> = raw_schema.fields().iter().filter(|f| !is_metadata_column(f.name())).cloned().collect();
+    let live = Contract::from_arrow(&Schema::new(payload)).map_err(|e| setup(e.to_string()))?;
+    for (version, contract) in pinned.versions.iter().rev() {
+        if diff(contract, &live).is_empty() {
+            return Ok(Some(format!("v{version}")));
+        }
+    }
+    Err(CloseError::Contract {
+        table: table.name.clone(),
+        location: table.location.clone(),
+        contract: pinned.path_of(*newest).display().to_string(),
+        differences: diff(newest_contract, &live).iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"),
+    })
+}
+
+/// The files of one `event_date` partition and their row count (None if a file has no stats).
+async fn day_files(table: &DeltaTable, day: &str) -> Result<(BTreeSet<String>, Option<u64>), DeltaTableError> {
+    let filter = [(EVENT_DATE, FilterOp::Eq, FilterValue::Scalar(day))];
+    let mut files = BTreeSet::new();
+    let mut rows = Some(0u64);
+    let mut stream = table.get_active_add_actions_by_partitions(&filter);
+    while let Some(file) = stream.next().await {
+        let file = file?;
+        rows = rows.zip(file.num_records()).map(|(a, b)| a + b as u64);
+        files.insert(file.path().to_string());
+    }
+    Ok((files, rows))
+}
+
+/// [`day_files`] at an earlier version; None when that version can no longer be read (its log
+/// was cleaned up), in which case the day is simply closed again.
+async fn files_at(
+    location: &str,
+    version: u64,
+    day: &str,
+) -> Result<Option<(BTreeSet<String>, Option<u64>)>, SinkError> {
+    let err = |cause| SinkError::Delta { location: location.to_string(), cause };
+    let url = deltalake::ensure_table_uri(location).map_err(err)?;
+    let mut table = DeltaTable::try_from_url(url).await.map_err(err)?;
+    if table.load_version(version).await.is_err() {
+        tracing::warn!(location, version, "the previous close's table version cannot be read; closing the day again");
+        return Ok(None);
+    }
+    day_files(&table, day).await.map(Some).map_err(err)
+}
+
+/// The raw rows of one day with two more columns: why the row is invalid (NULL when valid),
+/// and its rank among the rows sharing its key (1 = the winner; valid rows rank first).
+async fn ranked_day(
+    raw: &DeltaTable,
+    table: &TableConfig,
+    event_time: &crate::config::EventTime,
+    raw_schema: &Schema,
+    date: NaiveDate,
+) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream, DataFusionError> {
+    let mut state = deltalake::delta_datafusion::create_session_state_with_spill_config(
+        Some(usize::try_from(table.close_books.memory_limit).unwrap_or(usize::MAX)),
+        None,
+    );
+    // Plain string and binary arrays, as the final table's writer expects.
+    state.config_mut().options_mut().execution.parquet.schema_force_view_types = false;
+    let ctx = SessionContext::new_with_state(state);
+    raw.update_datafusion_session(&ctx.state()).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let provider = raw.table_provider().await?;
+    let days = (date - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32;
+
+    let column = |path: &str| -> Expr {
+        let mut parts = path.split('.');
+        let mut expr = ident(parts.next().unwrap_or(path));
+        for part in parts {
+            expr = get_field(expr, part);
+        }
+        expr
+    };
+    let event_time_expr = column(&event_time.field);
+    let event_day = match event_time.unit {
+        None => cast(event_time_expr.clone(), DataType::Date32),
+        Some(unit) => {
+            use deltalake::datafusion::functions::datetime::expr_fn as dt;
+            let ts = match unit {
+                TimeUnit::Seconds => dt::to_timestamp_seconds(vec![event_time_expr.clone()]),
+                TimeUnit::Milliseconds => dt::to_timestamp_millis(vec![event_time_expr.clone()]),
+                TimeUnit::Microseconds => dt::to_timestamp_micros(vec![event_time_expr.clone()]),
+                TimeUnit::Nanoseconds => dt::to_timestamp_nanos(vec![event_time_expr.clone()]),
+            };
+            cast(ts, DataType::Date32)
+        }
+    };
+
+    // Checks in order; a row's problem is the first that fails.
+    let mut checks: Vec<(Expr, String)> = Vec::new();
+    for key in &table.key {
+        checks.push((column(key).is_null(), format!("key column {key} is NULL")));
+    }
+    checks.push((event_time_expr.clone().is_null(), format!("event time {} is NULL", event_time.field)));
+    checks.push((
+        event_day.not_eq(ident(EVENT_DATE)),
+        format!("{EVENT_DATE} is not the UTC date of {}", event_time.field),
+    ));
+    for (path, ancestors) in required_paths(raw_schema) {
+        let mut condition = column(&path).is_null();
+        for a in ancestors {
+            condition = column(&a).is_not_null().and(condition);
+        }
+        checks.push((condition, format!("{path} is NOT NULL in the contract but has no value")));
+    }
+    let mut checks = checks.into_iter();
+    let (first, first_reason) = checks.next().expect("at least the key check");
+    let mut case = when(first, lit(first_reason));
+    for (condition, reason) in checks {
+        case = case.when(condition, lit(reason));
+    }
+    let problem = case.otherwise(lit(ScalarValue::Utf8(None)))?;
+
+    let desc = |e: Expr| -> SortExpr { e.sort(false, false) };
+    let order = vec![
+        ident(PROBLEM).is_null().sort(false, false),
+        desc(event_time_expr),
+        desc(ident(SOURCE_TOPIC)),
+        desc(ident(SOURCE_PARTITION)),
+        desc(ident(SOURCE_OFFSET)),
+        desc(ident(SOURCE_FILE)),
+        desc(ident(SOURCE_INDEX)),
+        desc(ident(INGESTED_AT)),
+    ];
+    let rank = row_number().partition_by(table.key.iter().map(|k| column(k)).collect()).order_by(order).build()?;
+    let frame = ctx
+        .read_table(provider)?
+        .filter(ident(EVENT_DATE).eq(lit(ScalarValue::Date32(Some(days)))))?
+        .with_column(PROBLEM, problem)?
+        .with_column(RANK, rank)?;
+    frame.execute_stream().await
+}
+
+/// Non-nullable payload columns (dotted paths through structs) and the nullable structs above
+/// each: a missing value is a violation only where its parent is present. Lists and maps are
+/// not entered (their elements' nullability is checked by the Parquet reader itself).
+fn required_paths(schema: &Schema) -> Vec<(String, Vec<String>)> {
+    fn walk(
+        fields: &arrow::datatypes::Fields,
+        prefix: &str,
+        ancestors: &[String],
+        out: &mut Vec<(String, Vec<String>)>,
+    ) {
+        for f in fields {
+            let path = if prefix.is_empty() { f.name().clone() } else { format!("{prefix}.{}", f.name()) };
+            if !f.is_nullable() {
+                out.push((path.clone(), ancestors.to_vec()));
+            }
+            if let DataType::Struct(children) = f.data_type() {
+                let mut next = ancestors.to_vec();
+                if f.is_nullable() {
+                    next.push(path.clone());
+                }
+                walk(children, &path, &next, out);
+            }
+        }
+    }
+    let payload: arrow::datatypes::Fields =
+        schema.fields().iter().filter(|f| !is_metadata_column(f.name())).cloned().collect();
+    let mut out = Vec::new();
+    walk(&payload, "", &[], &mut out);
+    out
+}
+
+/// Running counts of a day and the sorting of each ranked batch into winners, duplicates and
+/// invalid rows.
+#[derive(Default)]
+struct Counts {
+    read: u64,
+    invalid: u64,
+    duplicates: u64,
+    published: u64,
+    examples: Vec<String>,
+}
+
+impl Counts {
+    /// The winners of `batch`, in the final table's schema (None if there are none).
+    fn sort_out(
+        &mut self,
+        batch: &RecordBatch,
+        schema: &SchemaRef,
+    ) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        let missing =
+            |name: &str| arrow::error::ArrowError::SchemaError(format!("the ranked day has no {name} column"));
+        let problem = batch.column_by_name(PROBLEM).ok_or_else(|| missing(PROBLEM))?;
+        let problem = arrow::compute::cast(problem, &DataType::Utf8)?;
+        let problem = problem.as_string::<i32>();
+        let rank = batch.column_by_name(RANK).ok_or_else(|| missing(RANK))?;
+        let rank = arrow::compute::cast(rank, &DataType::UInt64)?;
+        let rank = rank.as_primitive::<UInt64Type>();
+        let rows = batch.num_rows();
+        self.read += rows as u64;
+        let mut keep = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let valid = problem.is_null(row);
+            let winner = valid && rank.value(row) == 1;
+            if !valid {
+                self.invalid += 1;
+                if self.examples.len() < EXAMPLES {
+                    self.examples.push(format!("{}: {}", describe_row(batch, row), problem.value(row)));
+                }
+            } else if !winner {
+                self.duplicates += 1;
+            }
+            keep.push(winner);
+        }
+        let kept = filter_record_batch(batch, &BooleanArray::from(keep))?;
+        if kept.num_rows() == 0 {
+            return Ok(None);
+        }
+        self.published += kept.num_rows() as u64;
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let c = kept.column_by_name(f.name()).ok_or_else(|| missing(f.name()))?;
+                if c.data_type() == f.data_type() {
+                    Ok(c.clone())
+                } else {
+                    arrow::compute::cast(c, f.data_type())
+                }
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        RecordBatch::try_new(schema.clone(), columns).map(Some)
+    }
+}
+
+/// Where a raw row came from, for a person: `topic/partition@offset` or `file#index`.
+fn describe_row(batch: &RecordBatch, row: usize) -> String {
+    let text = |name: &str| -> Option<String> {
+        let c = batch.column_by_name(name)?;
+        if c.is_null(row) {
+            return None;
+        }
+        let formatter = arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &Default::default()).ok()?;
+        Some(formatter.value(row).to_string())
+    };
+    match (text(SOURCE_TOPIC), text(SOURCE_PARTITION), text(SOURCE_OFFSET), text(SOURCE_FILE), text(SOURCE_INDEX)) {
+        (Some(t), Some(p), Some(o), _, _) => format!("{t}/{p}@{o}"),
+        (_, _, _, Some(f), Some(i)) => format!("{f}#{i}"),
+        _ => format!("row {row} of a batch"),
+    }
+}
