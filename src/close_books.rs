@@ -13,6 +13,7 @@
 //! does nothing, or finds late rows and publishes the day again with them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
@@ -24,6 +25,7 @@ use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::functions::core::expr_fn::get_field;
 use deltalake::datafusion::functions_window::expr_fn::row_number;
 use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr, ExprFunctionExt, SortExpr};
+use deltalake::datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
 use futures::{StreamExt, TryStreamExt};
@@ -110,6 +112,9 @@ pub struct Report {
     pub files_replaced: usize,
     /// The pinned contract the raw table matched (None: ad-hoc table).
     pub contract_version: Option<String>,
+    /// Bytes the deduplication spilled to disk because the day did not fit in
+    /// `close_books.memory_limit`.
+    pub spilled_bytes: u64,
     pub duration_ms: u64,
 }
 
@@ -228,6 +233,7 @@ pub async fn close_day(
                     files_written: 0,
                     files_replaced: 0,
                     contract_version,
+                    spilled_bytes: 0,
                     duration_ms: started.elapsed().as_millis() as u64,
                 });
             }
@@ -235,7 +241,8 @@ pub async fn close_day(
     }
 
     let query = |cause: DataFusionError| CloseError::Query { table: table.name.clone(), date, cause: Box::new(cause) };
-    let mut stream = ranked_day(&raw, table, event_time, &raw_schema, date).await.map_err(query)?;
+    let (plan, ctx) = ranked_day(&raw, table, event_time, &raw_schema, date).await.map_err(query)?;
+    let mut stream = execute_stream(plan.clone(), ctx.task_ctx()).map_err(query)?;
     let mut counts = Counts::default();
     while let Some(batch) = stream.try_next().await.map_err(query)? {
         let winners = counts.sort_out(&batch, &raw_schema).map_err(|e| query(e.into()))?;
@@ -244,6 +251,7 @@ pub async fn close_day(
         }
         progress(counts.read);
     }
+    let spilled_bytes = spilled(plan.as_ref());
 
     let metadata = vec![
         ("protolake.operation".to_string(), serde_json::Value::from("close-books")),
@@ -254,6 +262,7 @@ pub async fn close_day(
         ("protolake.duplicatesRemoved".to_string(), serde_json::Value::from(counts.duplicates)),
         ("protolake.rowsPublished".to_string(), serde_json::Value::from(counts.published)),
         ("protolake.lateRows".to_string(), serde_json::to_value(late_rows).unwrap_or_default()),
+        ("protolake.spilledBytes".to_string(), serde_json::Value::from(spilled_bytes)),
         ("protolake.contractVersion".to_string(), serde_json::to_value(&contract_version).unwrap_or_default()),
     ];
     let committed = writer
@@ -281,8 +290,15 @@ pub async fn close_day(
         files_written: committed.files_added,
         files_replaced: committed.files_removed,
         contract_version,
+        spilled_bytes,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Bytes the plan's operators spilled to disk (sorts beyond `close_books.memory_limit`).
+fn spilled(plan: &dyn ExecutionPlan) -> u64 {
+    let own = plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0) as u64;
+    own + plan.children().into_iter().map(|c| spilled(c.as_ref())).sum::<u64>()
 }
 
 /// The table at `location`, or None when nothing is there yet.
@@ -361,21 +377,29 @@ async fn files_at(
     day_files(&table, day).await.map(Some).map_err(err)
 }
 
-/// The raw rows of one day with two more columns: why the row is invalid (NULL when valid),
-/// and its rank among the rows sharing its key (1 = the winner; valid rows rank first).
+/// The plan of the raw rows of one day with two more columns: why the row is invalid (NULL
+/// when valid), and its rank among the rows sharing its key (1 = the winner; valid rows rank
+/// first).
 async fn ranked_day(
     raw: &DeltaTable,
     table: &TableConfig,
     event_time: &crate::config::EventTime,
     raw_schema: &Schema,
     date: NaiveDate,
-) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream, DataFusionError> {
-    let mut state = deltalake::delta_datafusion::create_session_state_with_spill_config(
-        Some(usize::try_from(table.close_books.memory_limit).unwrap_or(usize::MAX)),
-        None,
-    );
+) -> Result<(Arc<dyn ExecutionPlan>, SessionContext), DataFusionError> {
+    use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+    use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    // Sorts share the budget and spill beyond it; an exhausted budget names its top consumers.
+    let limit = usize::try_from(table.close_books.memory_limit).unwrap_or(usize::MAX);
+    let pool = TrackConsumersPool::new(FairSpillPool::new(limit), std::num::NonZeroUsize::new(5).expect("5 > 0"));
+    let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
+    let mut state = deltalake::delta_datafusion::DeltaSessionContext::with_runtime_env(runtime).state();
     // Plain string and binary arrays, as the final table's writer expects.
     state.config_mut().options_mut().execution.parquet.schema_force_view_types = false;
+    // One sort over the whole day: with several, a partition sorted in memory holds its share
+    // unspillably while the others still need theirs, and a tight budget fails instead of
+    // spilling. One sort gets the whole budget and spills beyond it.
+    state.config_mut().options_mut().execution.target_partitions = 1;
     let ctx = SessionContext::new_with_state(state);
     raw.update_datafusion_session(&ctx.state()).map_err(|e| DataFusionError::External(Box::new(e)))?;
     let provider = raw.table_provider().await?;
@@ -446,7 +470,7 @@ async fn ranked_day(
         .filter(ident(EVENT_DATE).eq(lit(ScalarValue::Date32(Some(days)))))?
         .with_column(PROBLEM, problem)?
         .with_column(RANK, rank)?;
-    frame.execute_stream().await
+    Ok((frame.create_physical_plan().await?, ctx))
 }
 
 /// Non-nullable payload columns (dotted paths through structs) and the nullable structs above
