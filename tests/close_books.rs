@@ -580,3 +580,69 @@ fn raw_rows_at(f: &Fixture, version: u64) -> Vec<Row> {
         out
     })
 }
+
+#[test]
+fn two_runs_of_one_day_at_once_publish_it_once() {
+    let f = Fixture::new();
+    let t = |h: i64| DAY_START + h * HOUR;
+    let rows: Vec<Row> =
+        (0..30_000i64).map(|i| row(&format!("k{:05}", i % 20_000), t(i % 24), "v", kafka(0, i))).collect();
+    f.append(&rows);
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_protolake"))
+            .args(["close-books", "--config", "protolake.toml", "--table", "events", "--date", DAY, "--json"])
+            .current_dir(f.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let outputs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let codes: Vec<Option<i32>> = outputs.iter().map(|o| o.status.code()).collect();
+    for o in &outputs {
+        match o.status.code() {
+            Some(0) => {}
+            Some(4) => assert!(text(o).contains("published by another run"), "{}", text(o)),
+            other => panic!("exit {other:?}: {}", text(o)),
+        }
+    }
+    assert!(codes.contains(&Some(0)), "{codes:?}");
+    assert_eq!(f.final_rows(DAY), expected_winners(&rows, day_of(DAY)));
+    // Whatever the interleaving, the day was published by exactly one commit of each run that
+    // succeeded with `published`, and a third run has nothing to do.
+    assert_eq!(f.close_day()["outcome"], "unchanged");
+}
+
+#[test]
+fn writers_creating_one_table_at_the_same_moment_all_open_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("t").display().to_string();
+    let rt = runtime();
+    let opened = rt.block_on(async {
+        let open = || {
+            let location = location.clone();
+            tokio::spawn(async move {
+                TableWriter::open_or_create(
+                    &location,
+                    raw_schema(),
+                    vec![EVENT_DATE.into()],
+                    Default::default(),
+                    &ParquetOptions::default(),
+                    1 << 20,
+                )
+                .await
+                .map(|w| w.version())
+            })
+        };
+        let handles: Vec<_> = (0..6).map(|_| open()).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    });
+    for result in opened {
+        assert_eq!(result.unwrap(), Some(0), "every writer sees the one created table");
+    }
+}

@@ -120,14 +120,31 @@ impl TableWriter {
                 location: location.to_string(),
                 message: format!("cannot be expressed in Delta: {e}"),
             })?;
-            table = table
+            let created = table
+                .clone()
                 .create()
                 .with_columns(columns.fields().cloned())
                 .with_partition_columns(partition_columns.clone())
                 .with_configuration(properties.into_iter().map(|(k, v)| (k, Some(v))))
                 .with_raise_if_key_not_exists(false)
-                .await
-                .map_err(err)?;
+                // Never retried as a later version: a table created by another writer at the
+                // same moment is theirs to keep (below), not one to replace.
+                .with_commit_properties(CommitProperties::default().with_max_retries(0))
+                .await;
+            table = match created {
+                Ok(t) => t,
+                Err(cause) => {
+                    // Another writer may have created it at the same moment: use theirs.
+                    table.update_incremental(None).await.map_err(|_| err(cause))?;
+                    if table.version().is_none() {
+                        return Err(SinkError::Location {
+                            location: location.to_string(),
+                            message: "the table could not be created and no other writer created it".into(),
+                        });
+                    }
+                    evolve_if_additive(table, location, &schema).await?
+                }
+            };
         } else {
             table = evolve_if_additive(table, location, &schema).await?;
         }
