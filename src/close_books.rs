@@ -148,11 +148,20 @@ pub fn closes_at(table: &TableConfig, date: NaiveDate) -> chrono::DateTime<Utc> 
     Utc.from_utc_datetime(&end).checked_add_signed(grace).unwrap_or(chrono::DateTime::<Utc>::MAX_UTC)
 }
 
-/// Closes one day. `progress` is told the number of rows read so far.
+/// How far a close has come.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Raw rows of the day read so far.
+    pub scanned: u64,
+    /// Rows through the sort so far (sorted out as winners, duplicates or invalid rows).
+    pub ranked: u64,
+}
+
+/// Closes one day; `progress` hears how far it has come a few times a second.
 pub async fn close_day(
     table: &TableConfig,
     options: &CloseOptions,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Report, CloseError> {
     let started = Instant::now();
     let date = options.date;
@@ -244,13 +253,24 @@ pub async fn close_day(
     let (plan, ctx) = ranked_day(&raw, table, event_time, &raw_schema, date).await.map_err(query)?;
     let mut stream = execute_stream(plan.clone(), ctx.task_ctx()).map_err(query)?;
     let mut counts = Counts::default();
-    while let Some(batch) = stream.try_next().await.map_err(query)? {
+    // The sort takes in the whole day before the first winner comes out; meanwhile the scan's
+    // live row count is the progress.
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        let batch = tokio::select! {
+            next = stream.try_next() => next.map_err(query)?,
+            _ = tick.tick() => {
+                progress(Progress { scanned: scanned(plan.as_ref()), ranked: counts.read });
+                continue;
+            }
+        };
+        let Some(batch) = batch else { break };
         let winners = counts.sort_out(&batch, &raw_schema).map_err(|e| query(e.into()))?;
         if let Some(winners) = winners {
             writer.write(winners).await?;
         }
-        progress(counts.read);
     }
+    progress(Progress { scanned: counts.read, ranked: counts.read });
     let spilled_bytes = spilled(plan.as_ref());
 
     let metadata = vec![
@@ -293,6 +313,14 @@ pub async fn close_day(
         spilled_bytes,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Rows the plan's scan has produced so far (its leaf's output rows).
+fn scanned(plan: &dyn ExecutionPlan) -> u64 {
+    match plan.children().first() {
+        Some(child) => scanned(child.as_ref()),
+        None => plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0) as u64,
+    }
 }
 
 /// Bytes the plan's operators spilled to disk (sorts beyond `close_books.memory_limit`).

@@ -448,7 +448,13 @@ pub async fn close_books(args: &CloseBooksArgs) -> Result<ExitCode> {
         bar.set_message(format!("closing {} {date}", table.name));
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         let options = CloseOptions { date, force: args.force, now };
-        let progress = |rows: u64| bar.set_message(format!("closing {} {date}: {rows} rows read", table.name));
+        let progress = |p: books::Progress| {
+            bar.set_message(if p.ranked == 0 {
+                format!("closing {} {date}: {} rows read and sorting", table.name, p.scanned)
+            } else {
+                format!("closing {} {date}: {} of {} rows sorted out", table.name, p.ranked, p.scanned)
+            })
+        };
         let result = books::close_day(table, &options, &progress).await;
         bar.finish_and_clear();
         match result {
