@@ -13,6 +13,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Tests are single-process and light; two build jobs match the CI machine.
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+# A build that is run once: no incremental state, and line tables rather than full debug info
+# (backtraces keep file:line; the test binaries, each linking DataFusion, stay a fraction of the
+# size).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+# Test binaries of earlier builds are never run again; drop those older than two days so the
+# cached target directory does not grow with every run.
+if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
+  find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -executable -mtime +2 -delete 2>/dev/null || true
+fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 
