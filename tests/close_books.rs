@@ -162,16 +162,7 @@ close_books = { grace = "2h", memory_limit = "256MiB" }
     fn append(&self, rows: &[Row]) -> u64 {
         let location = self.raw().display().to_string();
         self.rt.block_on(async {
-            let mut writer = TableWriter::open_or_create(
-                &location,
-                raw_schema(),
-                vec![EVENT_DATE.into()],
-                Default::default(),
-                &ParquetOptions::default(),
-                1 << 20,
-            )
-            .await
-            .unwrap();
+            let mut writer = open_raw(&location).await.unwrap();
             for day_rows in split_by_day(rows) {
                 writer.write(batch(&day_rows)).await.unwrap();
             }
@@ -196,6 +187,19 @@ close_books = { grace = "2h", memory_limit = "256MiB" }
     fn final_rows(&self, day: &str) -> BTreeMap<String, (String, Option<i64>)> {
         read_day(&self.rt, &self.final_table(), day)
     }
+}
+
+/// Opens (creating if needed) a raw table as the daemon and backfill write it.
+async fn open_raw(location: &str) -> Result<TableWriter, protolake::sink::SinkError> {
+    TableWriter::open_or_create(
+        location,
+        raw_schema(),
+        vec![EVENT_DATE.into()],
+        Default::default(),
+        &ParquetOptions::default(),
+        1 << 20,
+    )
+    .await
 }
 
 fn split_by_day(rows: &[Row]) -> Vec<Vec<Row>> {
@@ -508,16 +512,7 @@ fn a_run_racing_appenders_publishes_exactly_the_snapshot_it_read_and_a_rerun_cat
                     })
                     .collect();
                 rt.block_on(async {
-                    let mut w = TableWriter::open_or_create(
-                        &location,
-                        raw_schema(),
-                        vec![EVENT_DATE.into()],
-                        Default::default(),
-                        &ParquetOptions::default(),
-                        1 << 20,
-                    )
-                    .await
-                    .unwrap();
+                    let mut w = open_raw(&location).await.unwrap();
                     w.write(batch(&rows)).await.unwrap();
                     w.commit(Vec::new(), &CommitInfo::default()).await.unwrap();
                 });
@@ -622,18 +617,7 @@ fn writers_creating_one_table_at_the_same_moment_all_open_it() {
     let opened = rt.block_on(async {
         let open = || {
             let location = location.clone();
-            tokio::spawn(async move {
-                TableWriter::open_or_create(
-                    &location,
-                    raw_schema(),
-                    vec![EVENT_DATE.into()],
-                    Default::default(),
-                    &ParquetOptions::default(),
-                    1 << 20,
-                )
-                .await
-                .map(|w| w.version())
-            })
+            tokio::spawn(async move { open_raw(&location).await.map(|w| w.version()) })
         };
         let handles: Vec<_> = (0..6).map(|_| open()).collect();
         let mut out = Vec::new();
