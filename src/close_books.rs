@@ -18,13 +18,13 @@ use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, Schema, SchemaRef, UInt64Type};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::row::{OwnedRow, RowConverter, SortField};
 use chrono::{NaiveDate, TimeZone, Utc};
 use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::functions::core::expr_fn::get_field;
-use deltalake::datafusion::functions_window::expr_fn::row_number;
-use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr, ExprFunctionExt, SortExpr};
+use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr, SortExpr};
 use deltalake::datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
@@ -45,7 +45,10 @@ pub fn app_id(date: NaiveDate) -> String {
 }
 
 const PROBLEM: &str = "_protolake_problem";
-const RANK: &str = "_protolake_rank";
+/// The i-th key column, computed (a key may be a path into a struct).
+fn key_column(i: usize) -> String {
+    format!("_protolake_key{i}")
+}
 /// Invalid rows quoted in a report (all are counted).
 const EXAMPLES: usize = 10;
 
@@ -250,9 +253,9 @@ pub async fn close_day(
     }
 
     let query = |cause: DataFusionError| CloseError::Query { table: table.name.clone(), date, cause: Box::new(cause) };
-    let (plan, ctx) = ranked_day(&raw, table, event_time, &raw_schema, date).await.map_err(query)?;
+    let (plan, ctx) = sorted_day(&raw, table, event_time, &raw_schema, date).await.map_err(query)?;
     let mut stream = execute_stream(plan.clone(), ctx.task_ctx()).map_err(query)?;
-    let mut counts = Counts::default();
+    let mut counts = Counts::new(table.key.len());
     // The sort takes in the whole day before the first winner comes out; meanwhile the scan's
     // live row count is the progress.
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -405,10 +408,9 @@ async fn files_at(
     day_files(&table, day).await.map(Some).map_err(err)
 }
 
-/// The plan of the raw rows of one day with two more columns: why the row is invalid (NULL
-/// when valid), and its rank among the rows sharing its key (1 = the winner; valid rows rank
-/// first).
-async fn ranked_day(
+/// The plan of the raw rows of one day with more columns: why the row is invalid (NULL when
+/// valid) and the key's values, sorted so that each key's rows are together, its winner first.
+async fn sorted_day(
     raw: &DeltaTable,
     table: &TableConfig,
     event_time: &crate::config::EventTime,
@@ -481,8 +483,12 @@ async fn ranked_day(
     }
     let problem = case.otherwise(lit(ScalarValue::Utf8(None)))?;
 
+    // Sorted by key, then valid rows first, then the winner order: the first row of each key
+    // is its winner (when valid). A plain sort rather than ROW_NUMBER() OVER (PARTITION BY key):
+    // the window operator keeps state per key, several times the cost of the sort itself.
     let desc = |e: Expr| -> SortExpr { e.sort(false, false) };
-    let order = vec![
+    let mut order: Vec<SortExpr> = (0..table.key.len()).map(|i| ident(key_column(i)).sort(true, true)).collect();
+    order.extend([
         ident(PROBLEM).is_null().sort(false, false),
         desc(event_time_expr),
         desc(ident(SOURCE_TOPIC)),
@@ -491,13 +497,15 @@ async fn ranked_day(
         desc(ident(SOURCE_FILE)),
         desc(ident(SOURCE_INDEX)),
         desc(ident(INGESTED_AT)),
-    ];
-    let rank = row_number().partition_by(table.key.iter().map(|k| column(k)).collect()).order_by(order).build()?;
-    let frame = ctx
+    ]);
+    let mut frame = ctx
         .read_table(provider)?
         .filter(ident(EVENT_DATE).eq(lit(ScalarValue::Date32(Some(days)))))?
-        .with_column(PROBLEM, problem)?
-        .with_column(RANK, rank)?;
+        .with_column(PROBLEM, problem)?;
+    for (i, key) in table.key.iter().enumerate() {
+        frame = frame.with_column(&key_column(i), column(key))?;
+    }
+    let frame = frame.sort(order)?;
     Ok((frame.create_physical_plan().await?, ctx))
 }
 
@@ -532,18 +540,35 @@ fn required_paths(schema: &Schema) -> Vec<(String, Vec<String>)> {
     out
 }
 
-/// Running counts of a day and the sorting of each ranked batch into winners, duplicates and
+/// Running counts of a day and the sorting of each sorted batch into winners, duplicates and
 /// invalid rows.
-#[derive(Default)]
 struct Counts {
     read: u64,
     invalid: u64,
     duplicates: u64,
     published: u64,
     examples: Vec<String>,
+    keys: usize,
+    /// Turns key columns into comparable rows.
+    converter: Option<RowConverter>,
+    /// The key of the last row seen (a key's rows may span batches).
+    last_key: Option<OwnedRow>,
 }
 
 impl Counts {
+    fn new(keys: usize) -> Self {
+        Counts {
+            read: 0,
+            invalid: 0,
+            duplicates: 0,
+            published: 0,
+            examples: Vec::new(),
+            keys,
+            converter: None,
+            last_key: None,
+        }
+    }
+
     /// The winners of `batch`, in the final table's schema (None if there are none).
     fn sort_out(
         &mut self,
@@ -551,19 +576,29 @@ impl Counts {
         schema: &SchemaRef,
     ) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
         let missing =
-            |name: &str| arrow::error::ArrowError::SchemaError(format!("the ranked day has no {name} column"));
+            |name: &str| arrow::error::ArrowError::SchemaError(format!("the sorted day has no {name} column"));
         let problem = batch.column_by_name(PROBLEM).ok_or_else(|| missing(PROBLEM))?;
         let problem = arrow::compute::cast(problem, &DataType::Utf8)?;
         let problem = problem.as_string::<i32>();
-        let rank = batch.column_by_name(RANK).ok_or_else(|| missing(RANK))?;
-        let rank = arrow::compute::cast(rank, &DataType::UInt64)?;
-        let rank = rank.as_primitive::<UInt64Type>();
+        let key_columns = (0..self.keys)
+            .map(|i| batch.column_by_name(&key_column(i)).cloned().ok_or_else(|| missing(&key_column(i))))
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        if self.converter.is_none() {
+            let fields = key_columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
+            self.converter = Some(RowConverter::new(fields)?);
+        }
+        let keys = self.converter.as_ref().expect("set above").convert_columns(&key_columns)?;
         let rows = batch.num_rows();
         self.read += rows as u64;
         let mut keep = Vec::with_capacity(rows);
         for row in 0..rows {
+            let key = keys.row(row);
+            let first_of_key = match row {
+                0 => self.last_key.as_ref().is_none_or(|last| last.row() != key),
+                _ => keys.row(row - 1) != key,
+            };
             let valid = problem.is_null(row);
-            let winner = valid && rank.value(row) == 1;
+            let winner = valid && first_of_key;
             if !valid {
                 self.invalid += 1;
                 if self.examples.len() < EXAMPLES {
@@ -573,6 +608,9 @@ impl Counts {
                 self.duplicates += 1;
             }
             keep.push(winner);
+        }
+        if rows > 0 {
+            self.last_key = Some(keys.row(rows - 1).owned());
         }
         let kept = filter_record_batch(batch, &BooleanArray::from(keep))?;
         if kept.num_rows() == 0 {
