@@ -164,12 +164,13 @@ fn main() {
     let cpu = cpu_seconds() - cpu;
     println!(
         "protolake close-books: {:.2} M rows/s wall ({:.1} s), {:.2} M rows per CPU-second, peak RSS {:.0} MiB \
-         (memory_limit {} MiB); read {}, duplicates removed {}, published {}",
+         (memory_limit {} MiB, {} MiB spilled); read {}, duplicates removed {}, published {}",
         n as f64 / wall.as_secs_f64() / 1e6,
         wall.as_secs_f64(),
         n as f64 / cpu / 1e6,
         peak_rss_mib(),
         table.close_books.memory_limit >> 20,
+        report.spilled_bytes >> 20,
         report.rows_read,
         report.duplicates_removed,
         report.rows_published,
