@@ -37,7 +37,7 @@ use crate::pipeline::{
     is_metadata_column, EVENT_DATE, INGESTED_AT, SOURCE_FILE, SOURCE_INDEX, SOURCE_OFFSET, SOURCE_PARTITION,
     SOURCE_TOPIC,
 };
-use crate::sink::{SinkError, TableWriter};
+use crate::sink::{open_table, SinkError, TableWriter};
 
 /// The txn app id under which the final table records the raw version a day was closed from.
 pub fn app_id(date: NaiveDate) -> String {
@@ -188,7 +188,7 @@ pub async fn close_day(
         });
     }
 
-    let raw = open_existing(&table.location)
+    let raw = open_table(&table.location, None)
         .await?
         .ok_or_else(|| setup(format!("there is no raw table at {} yet; nothing to close", table.location)))?;
     let delta = |cause| SinkError::Delta { location: table.location.clone(), cause };
@@ -332,22 +332,6 @@ fn spilled(plan: &dyn ExecutionPlan) -> u64 {
     own + plan.children().into_iter().map(|c| spilled(c.as_ref())).sum::<u64>()
 }
 
-/// The table at `location`, or None when nothing is there yet.
-async fn open_existing(location: &str) -> Result<Option<DeltaTable>, SinkError> {
-    let err = |cause| SinkError::Delta { location: location.to_string(), cause };
-    if !location.contains("://") && !std::path::Path::new(location).join("_delta_log").is_dir() {
-        return Ok(None);
-    }
-    let url = deltalake::ensure_table_uri(location).map_err(err)?;
-    let mut table = DeltaTable::try_from_url(url).await.map_err(err)?;
-    match table.load().await {
-        Ok(()) => {}
-        Err(DeltaTableError::NotATable(_)) => return Ok(None),
-        Err(cause) => return Err(err(cause)),
-    }
-    Ok(table.version().is_some().then_some(table))
-}
-
 /// The raw table's payload must be one of its pinned contract versions (the newest, or an
 /// older one the table has not yet been evolved past). Returns that version's name.
 fn check_contract(table: &TableConfig, raw_schema: &Schema) -> Result<Option<String>, CloseError> {
@@ -398,14 +382,11 @@ async fn files_at(
     version: u64,
     day: &str,
 ) -> Result<Option<(BTreeSet<String>, Option<u64>)>, SinkError> {
-    let err = |cause| SinkError::Delta { location: location.to_string(), cause };
-    let url = deltalake::ensure_table_uri(location).map_err(err)?;
-    let mut table = DeltaTable::try_from_url(url).await.map_err(err)?;
-    if table.load_version(version).await.is_err() {
+    let Ok(Some(table)) = open_table(location, Some(version)).await else {
         tracing::warn!(location, version, "the previous close's table version cannot be read; closing the day again");
         return Ok(None);
-    }
-    day_files(&table, day).await.map(Some).map_err(err)
+    };
+    day_files(&table, day).await.map(Some).map_err(|cause| SinkError::Delta { location: location.to_string(), cause })
 }
 
 /// The plan of the raw rows of one day with more columns: why the row is invalid (NULL when

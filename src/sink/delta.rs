@@ -384,18 +384,30 @@ impl TablePair<'_> {
     }
 }
 
-/// The schema of the table at `location`, or None when there is no table there.
-pub async fn table_schema_at(location: &str) -> Result<Option<SchemaRef>, SinkError> {
+/// The table at `location`, loaded at `version` (or its newest), or None when there is no
+/// table there.
+pub async fn open_table(location: &str, version: Option<u64>) -> Result<Option<DeltaTable>, SinkError> {
     let err = |cause| SinkError::Delta { location: location.to_string(), cause };
     if !location.contains("://") && !std::path::Path::new(location).join("_delta_log").is_dir() {
         return Ok(None);
     }
     let url = deltalake::ensure_table_uri(location).map_err(err)?;
-    let table = DeltaTable::try_from_url(url).await.map_err(err)?;
-    if table.version().is_none() {
-        return Ok(None);
+    let mut builder = deltalake::DeltaTableBuilder::from_url(url).map_err(err)?;
+    if let Some(v) = version {
+        builder = builder.with_version(v);
     }
-    Ok(Some(table.snapshot().map_err(err)?.snapshot().arrow_schema()))
+    match builder.load().await {
+        Ok(table) => Ok(table.version().is_some().then_some(table)),
+        Err(DeltaTableError::NotATable(_)) => Ok(None),
+        Err(cause) => Err(err(cause)),
+    }
+}
+
+/// The schema of the table at `location`, or None when there is no table there.
+pub async fn table_schema_at(location: &str) -> Result<Option<SchemaRef>, SinkError> {
+    let Some(table) = open_table(location, None).await? else { return Ok(None) };
+    let snapshot = table.snapshot().map_err(|cause| SinkError::Delta { location: location.to_string(), cause })?;
+    Ok(Some(snapshot.snapshot().arrow_schema()))
 }
 
 /// An existing table whose schema differs from `schema`: if `schema` only adds nullable columns

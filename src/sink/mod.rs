@@ -7,5 +7,5 @@
 mod delta;
 mod dlq;
 
-pub use delta::{table_schema_at, CommitInfo, Committed, Replaced, SinkError, TablePair, TableWriter};
+pub use delta::{open_table, table_schema_at, CommitInfo, Committed, Replaced, SinkError, TablePair, TableWriter};
 pub use dlq::{dead_letter_batch, dlq_schema};
