@@ -95,7 +95,7 @@ fn table_config(location: &str) -> TableConfig {
         recursion_depth: None,
         contract_dir: None,
         location: location.into(),
-        dlq_location: format!("{location}_dlq"),
+        dlq_location: format!("{location}_dlq").into(),
         event_time: Some(EventTime { field: "ts".into(), unit: None }),
         key: vec!["id".into()],
         flush: FlushPolicy::default(),
@@ -105,7 +105,7 @@ fn table_config(location: &str) -> TableConfig {
         framing: Framing::Raw,
         dlq_topic: None,
         checkpoint_interval: 100,
-        final_location: format!("{location}_final"),
+        final_location: format!("{location}_final").into(),
         close_books: CloseBooksConfig::default(),
     }
 }
@@ -132,7 +132,7 @@ fn main() {
     let started = Instant::now();
     rt.block_on(async {
         let mut writer = TableWriter::open_or_create(
-            &location,
+            &location.as_str().into(),
             schema(),
             vec![EVENT_DATE.into()],
             Default::default(),

@@ -137,8 +137,8 @@ fn main() {
         message: "protolake.examples.v1.FlatEvent".into(),
         recursion_depth: None,
         contract_dir: None,
-        location: location.clone(),
-        dlq_location: format!("{location}_dlq"),
+        location: location.as_str().into(),
+        dlq_location: format!("{location}_dlq").into(),
         event_time: Some(EventTime { field: "ts_ms".into(), unit: Some(TimeUnit::Milliseconds) }),
         key: Vec::new(),
         flush: FlushPolicy::default(),
@@ -148,7 +148,7 @@ fn main() {
         framing: Framing::Raw,
         dlq_topic: None,
         checkpoint_interval: 100,
-        final_location: format!("{location}_final"),
+        final_location: format!("{location}_final").into(),
         close_books: Default::default(),
     };
     let kafka = KafkaConfig {

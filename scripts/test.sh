@@ -50,6 +50,7 @@ fi
 
 # Python readers for the reader tests (the deltalake package and polars), in a venv in the cache.
 VENV="$CACHE/venv"
+TOOLS_DIR="$CACHE/tools"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" || { need apt-get && apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"; }
 fi
@@ -57,9 +58,20 @@ fi
   "$VENV/bin/pip" install -q "deltalake==1.6.6" "polars==2.1.0" "pyarrow>=18"
 export PROTOLAKE_PYTHON="$VENV/bin/python"
 
+# Object stores for the storage tests: an S3-compatible server (moto, which answers
+# If-None-Match with 412) and Azurite (Azure Blob), both on loopback; the SDKs create the
+# bucket and the container.
+"$VENV/bin/python" -c "import moto.server, boto3, azure.storage.blob" 2>/dev/null ||
+  "$VENV/bin/pip" install -q "moto[server]==5.2.5" "azure-storage-blob==12.31.1"
+AZURITE="$TOOLS_DIR/azurite/node_modules/.bin/azurite-blob"
+if [ ! -x "$AZURITE" ]; then
+  need npm || { need apt-get && apt-get install -y -qq nodejs npm >/dev/null; }
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS_DIR/azurite" azurite@3.35.0 >/dev/null
+fi
+
 # A real Kafka-protocol broker for the ingest tests: tansu, in-memory storage, on loopback.
 # Its build takes a while, so the binary is cached with the target directory.
-TOOLS="$CACHE/tools"
+TOOLS="$TOOLS_DIR"
 TANSU="$TOOLS/bin/tansu"
 if [ ! -x "$TANSU" ]; then
   echo "== building the tansu broker (cached in $TOOLS)"
@@ -72,9 +84,18 @@ broker_log="$CACHE/tansu.log"
 "$TANSU" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
   --storage-engine memory://tansu/ >"$broker_log" 2>&1 &
 broker_pid=$!
+s3_port="${PROTOLAKE_S3_PORT:-19000}"
+az_port="${PROTOLAKE_AZURITE_PORT:-19010}"
+stores="$(mktemp -d)"
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$CACHE/moto.log" 2>&1 &
+moto_pid=$!
+"$AZURITE" --blobHost 127.0.0.1 --blobPort "$az_port" --location "$stores/azurite" --silent \
+  --skipApiVersionCheck >"$CACHE/azurite.log" 2>&1 &
+azurite_pid=$!
 cleanup() {
-  kill "$broker_pid" 2>/dev/null || true
+  kill "$broker_pid" "$moto_pid" "$azurite_pid" 2>/dev/null || true
   [ -n "${scratch:-}" ] && rm -rf "$scratch"
+  rm -rf "$stores"
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
@@ -84,6 +105,27 @@ for _ in $(seq 1 100); do
 done
 export PROTOLAKE_KAFKA_BROKERS="127.0.0.1:$port"
 echo "== Kafka broker: tansu on $PROTOLAKE_KAFKA_BROKERS"
+
+for p in "$s3_port" "$az_port"; do
+  for _ in $(seq 1 150); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break
+    sleep 0.2
+  done
+done
+export PROTOLAKE_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$az_port"
+"$VENV/bin/python" - <<'PY' || { echo "the object stores did not start:"; tail -5 "$CACHE/moto.log" "$CACHE/azurite.log"; exit 1; }
+import os, boto3
+from azure.storage.blob import BlobServiceClient
+boto3.client("s3", endpoint_url=os.environ["PROTOLAKE_S3_ENDPOINT"], region_name="us-east-1",
+             aws_access_key_id="test", aws_secret_access_key="test").create_bucket(Bucket="protolake")
+key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+BlobServiceClient.from_connection_string(
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + key
+    + ";BlobEndpoint=" + os.environ["AZURITE_BLOB_STORAGE_URL"] + "/devstoreaccount1;"
+).create_container("protolake")
+PY
+echo "== object stores: moto (S3) on $PROTOLAKE_S3_ENDPOINT, Azurite on $AZURITE_BLOB_STORAGE_URL"
 
 echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
 cargo test --locked --features protovalidate --lib --bins --tests 2>&1

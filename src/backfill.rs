@@ -43,8 +43,8 @@ pub struct BackfillSpec {
     pub validator: Option<crate::validate::RecordValidator>,
     /// The pinned contract and its version; None in ad-hoc mode.
     pub contract: Option<(u32, Contract)>,
-    pub location: String,
-    pub dlq_location: String,
+    pub location: crate::location::Location,
+    pub dlq_location: crate::location::Location,
     pub event_time: Option<EventTime>,
     pub flush: FlushPolicy,
     pub parquet: ParquetOptions,

@@ -143,6 +143,19 @@ pub struct BackfillArgs {
     /// field with a unit, e.g. `ts_ms:milliseconds`.
     #[arg(long, value_name = "FIELD[:UNIT]")]
     pub event_time: Option<String>,
+    /// Ad-hoc: an object-store option for the table locations, e.g.
+    /// `--storage-option aws_endpoint=http://127.0.0.1:9000` (repeatable; keys in docs/storage.md;
+    /// AWS_*/AZURE_*/GOOGLE_* environment variables are read too).
+    #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub storage_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text.split_once('=').ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    if k.trim().is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    Ok((k.trim().to_string(), v.to_string()))
 }
 
 /// Where the message descriptor comes from.

@@ -37,7 +37,7 @@ use crate::pipeline::{
     is_metadata_column, EVENT_DATE, INGESTED_AT, SOURCE_FILE, SOURCE_INDEX, SOURCE_OFFSET, SOURCE_PARTITION,
     SOURCE_TOPIC,
 };
-use crate::sink::{open_table, SinkError, TableWriter};
+use crate::sink::{open_table, Location, SinkError, TableWriter};
 
 /// The txn app id under which the final table records the raw version a day was closed from.
 pub fn app_id(date: NaiveDate) -> String {
@@ -191,7 +191,7 @@ pub async fn close_day(
     let raw = open_table(&table.location, None)
         .await?
         .ok_or_else(|| setup(format!("there is no raw table at {} yet; nothing to close", table.location)))?;
-    let delta = |cause| SinkError::Delta { location: table.location.clone(), cause };
+    let delta = |cause| SinkError::Delta { location: table.location.to_string(), cause };
     let source_version = raw.version().expect("a loaded table has a version");
     let raw_schema: SchemaRef = raw.snapshot().map_err(delta)?.snapshot().arrow_schema();
     let partitions = raw.snapshot().map_err(delta)?.metadata().partition_columns().to_vec();
@@ -355,7 +355,7 @@ fn check_contract(table: &TableConfig, raw_schema: &Schema) -> Result<Option<Str
     }
     Err(CloseError::Contract {
         table: table.name.clone(),
-        location: table.location.clone(),
+        location: table.location.to_string(),
         contract: pinned.path_of(*newest).display().to_string(),
         differences: diff(newest_contract, &live).iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n"),
     })
@@ -378,12 +378,12 @@ async fn day_files(table: &DeltaTable, day: &str) -> Result<(BTreeSet<String>, O
 /// [`day_files`] at an earlier version; None when that version can no longer be read (its log
 /// was cleaned up), in which case the day is simply closed again.
 async fn files_at(
-    location: &str,
+    location: &Location,
     version: u64,
     day: &str,
 ) -> Result<Option<(BTreeSet<String>, Option<u64>)>, SinkError> {
     let Ok(Some(table)) = open_table(location, Some(version)).await else {
-        tracing::warn!(location, version, "the previous close's table version cannot be read; closing the day again");
+        tracing::warn!(%location, version, "the previous close's table version cannot be read; closing the day again");
         return Ok(None);
     };
     day_files(&table, day).await.map(Some).map_err(|cause| SinkError::Delta { location: location.to_string(), cause })

@@ -10,6 +10,7 @@ use protolake::backfill::{self, BackfillSpec, Progress};
 use protolake::config::{Config, EventTime, FlushPolicy, ParquetOptions, TableConfig, TimeUnit};
 use protolake::contract::{delta_schema, diff, diff_types, Contract, PinnedContracts};
 use protolake::decode::{DecodeOptions, Decoder};
+use protolake::location::{Location, Scheme};
 use protolake::validate::{validator_for, RecordValidator};
 
 use crate::cli::{load_pool, BackfillArgs, CloseBooksArgs, IngestArgs, TableArgs};
@@ -165,7 +166,7 @@ pub async fn schema_check(args: &TableArgs) -> Result<ExitCode> {
 }
 
 /// The payload columns of a live table (metadata columns and event_date left out).
-async fn live_payload(location: &str) -> Result<Option<Contract>> {
+async fn live_payload(location: &Location) -> Result<Option<Contract>> {
     let Some(schema) = protolake::sink::table_schema_at(location).await? else { return Ok(None) };
     let payload: Vec<_> =
         schema.fields().iter().filter(|f| !protolake::pipeline::is_metadata_column(f.name())).cloned().collect();
@@ -205,12 +206,16 @@ impl Progress for Bar {
 }
 
 pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
+    // Warnings only (e.g. a store unsafe for concurrent writers); progress and the summary are
+    // the output.
+    init_logging("text", "error,protolake=warn");
     let spec = match &args.config {
         Some(path) => {
             for (flag, given) in [
                 ("--descriptor-set, --proto, --include, --message, --recursion-depth", args.descriptor.any()),
                 ("--dlq", args.dlq.is_some()),
                 ("--event-time", args.event_time.is_some()),
+                ("--storage-option", !args.storage_options.is_empty()),
             ] {
                 if given {
                     bail!("{flag}: set in the config file when --config is used; remove it from the command line");
@@ -241,15 +246,25 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
         }
         None => {
             let (decoder, validator) = args.descriptor.decoder_and_validator()?;
-            let location = absolute(&args.table);
+            let options: std::collections::BTreeMap<String, String> = args.storage_options.iter().cloned().collect();
+            let place = |uri: String| -> Result<Location> {
+                if Scheme::of(&uri) == Scheme::Local {
+                    if !options.is_empty() {
+                        bail!("--storage-option applies to object stores; {uri} is a local path");
+                    }
+                    return Ok(Location::new(uri));
+                }
+                Location::with_options(uri, options.clone()).map_err(anyhow::Error::msg)
+            };
+            let location = place(absolute(&args.table))?;
             BackfillSpec {
                 decoder,
                 validator,
                 contract: None,
-                dlq_location: args
-                    .dlq
-                    .clone()
-                    .map_or_else(|| format!("{}_dlq", location.trim_end_matches('/')), |d| absolute(&d)),
+                dlq_location: match &args.dlq {
+                    Some(d) => place(absolute(d))?,
+                    None => location.sibling("_dlq"),
+                },
                 location,
                 event_time: args.event_time.as_deref().map(parse_event_time).transpose()?,
                 flush: FlushPolicy::default(),
@@ -307,7 +322,7 @@ pub async fn ingest(args: &IngestArgs) -> Result<ExitCode> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    init_logging(&args.log_format);
+    init_logging(&args.log_format, "warn,protolake=info");
     let config = Config::load(&args.config)?;
     let names: Vec<String> = if args.tables.is_empty() {
         config.tables.values().filter(|t| t.topic.is_some()).map(|t| t.name.clone()).collect()
@@ -412,9 +427,10 @@ pub async fn ingest(args: &IngestArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(format: &str) {
+/// Logs to stderr; RUST_LOG overrides `default_filter`.
+fn init_logging(format: &str, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,protolake=info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
@@ -422,6 +438,8 @@ fn init_logging(format: &str) {
 
 pub async fn close_books(args: &CloseBooksArgs) -> Result<ExitCode> {
     use protolake::close_books::{self as books, CloseOptions, Outcome};
+    // Warnings only (e.g. a store unsafe for concurrent writers); the report is the output.
+    init_logging("text", "error,protolake=warn");
     let config = Config::load(&args.config)?;
     let table = config.table(&args.table)?;
     let now = chrono::Utc::now();

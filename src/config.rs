@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::location::{Location, Scheme};
+
 /// Errors that stop a run before it starts.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -112,8 +114,9 @@ pub struct TableConfig {
     pub recursion_depth: Option<u32>,
     /// `schemas/<table>` by default; None when `contract_dir` is set to "" (ad-hoc mode).
     pub contract_dir: Option<PathBuf>,
-    pub location: String,
-    pub dlq_location: String,
+    /// The data table; its store's options come from `[storage]` and `[tables.<name>.storage]`.
+    pub location: Location,
+    pub dlq_location: Location,
     pub event_time: Option<EventTime>,
     pub key: Vec<String>,
     pub flush: FlushPolicy,
@@ -128,7 +131,7 @@ pub struct TableConfig {
     /// Commits between two Delta checkpoints (the table property `delta.checkpointInterval`).
     pub checkpoint_interval: u32,
     /// Where `close-books` publishes the deduplicated days (`<location>_final` by default).
-    pub final_location: String,
+    pub final_location: Location,
     pub close_books: CloseBooksConfig,
 }
 
@@ -227,6 +230,9 @@ struct RawConfig {
     kafka: RawKafka,
     #[serde(default)]
     ingest: RawIngest,
+    /// Object-store options for every table location (a table's own `storage` overrides keys).
+    #[serde(default)]
+    storage: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,6 +281,8 @@ struct RawTable {
     final_location: Option<String>,
     #[serde(default)]
     close_books: RawCloseBooks,
+    #[serde(default)]
+    storage: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -404,8 +412,12 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { path: source.into(), message: e.to_string() })?;
         let mut tables = BTreeMap::new();
+        let storage = scalar_map("storage", raw.storage, &env_lookup).map_err(|message| ConfigError::Parse {
+            path: source.into(),
+            message,
+        })?;
         for (name, t) in raw.tables {
-            let table = validate_table(&name, t, base)?;
+            let table = validate_table(&name, t, base, &storage, &env_lookup)?;
             tables.insert(name, table);
         }
         let kafka = validate_kafka(raw.kafka, source, &env_lookup)?;
@@ -453,21 +465,44 @@ fn apply_override(table: &mut toml::Table, segments: &[String], raw: &str) -> Re
 }
 
 /// Replaces each `${NAME}` in a property value with the environment variable NAME.
-fn interpolate(key: &str, value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+fn interpolate(section: &str, key: &str, value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = value;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("kafka.properties.\"{key}\": unclosed ${{ in the value"))?;
+        let end = after.find('}').ok_or_else(|| format!("{section}.\"{key}\": unclosed ${{ in the value"))?;
         let name = &after[..end];
         let v = env(name).ok_or_else(|| {
-            format!("kafka.properties.\"{key}\" refers to the environment variable {name}, which is not set")
+            format!("{section}.\"{key}\" refers to the environment variable {name}, which is not set")
         })?;
         out.push_str(&v);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
+    Ok(out)
+}
+
+/// A table of string, number or boolean values as strings, `${NAME}` replaced from `env`.
+fn scalar_map(
+    section: &str,
+    raw: BTreeMap<String, toml::Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (key, value) in raw {
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            other => {
+                return Err(format!("{section}.\"{key}\" must be a string, number or boolean, not {}", other.type_str()))
+            }
+        };
+        let value = interpolate(section, &key, &text, env)?;
+        out.insert(key, value);
+    }
     Ok(out)
 }
 
@@ -477,22 +512,7 @@ fn validate_kafka(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<KafkaConfig, ConfigError> {
     let invalid = |message: String| ConfigError::Parse { path: source.into(), message };
-    let mut properties = BTreeMap::new();
-    for (key, value) in raw.properties {
-        let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Float(f) => f.to_string(),
-            other => {
-                return Err(invalid(format!(
-                    "kafka.properties.\"{key}\" must be a string, number or boolean, not {}",
-                    other.type_str()
-                )))
-            }
-        };
-        properties.insert(key.clone(), interpolate(&key, &text, env).map_err(invalid)?);
-    }
+    let mut properties = scalar_map("kafka.properties", raw.properties, env).map_err(invalid)?;
     for (key, managed) in [
         ("group.id", "set kafka.group_id instead (each table's group is <group_id>.<table>)"),
         ("enable.auto.commit", "offsets are committed by protolake after each Delta commit"),
@@ -524,7 +544,13 @@ fn validate_kafka(
     Ok(KafkaConfig { properties, group_id })
 }
 
-fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, ConfigError> {
+fn validate_table(
+    name: &str,
+    t: RawTable,
+    base: &Path,
+    storage: &BTreeMap<String, String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<TableConfig, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid { table: name.into(), message };
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         return Err(invalid("table names may use letters, digits, '_' and '-' only".into()));
@@ -554,13 +580,22 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
     if t.location.trim().is_empty() {
         return Err(invalid("location is empty".into()));
     }
-    let location = resolve_location(&t.location, base);
+    let mut options = storage.clone();
+    options.extend(scalar_map(&format!("tables.{name}.storage"), t.storage, env).map_err(invalid)?);
+    let place = |uri: String| -> Result<Location, ConfigError> {
+        if Scheme::of(&uri) == Scheme::Local {
+            Ok(Location::new(uri))
+        } else {
+            Location::with_options(uri, options.clone()).map_err(invalid)
+        }
+    };
+    let location = place(resolve_location(&t.location, base))?;
     let dlq_location = match t.dlq_location {
         Some(l) if l.trim().is_empty() => return Err(invalid("dlq_location is empty".into())),
-        Some(l) => resolve_location(&l, base),
-        None => format!("{}_dlq", location.trim_end_matches('/')),
+        Some(l) => place(resolve_location(&l, base))?,
+        None => location.sibling("_dlq"),
     };
-    if dlq_location == location {
+    if dlq_location.uri() == location.uri() {
         return Err(invalid("dlq_location must differ from location".into()));
     }
     let contract_dir = match t.contract_dir {
@@ -634,10 +669,10 @@ fn validate_table(name: &str, t: RawTable, base: &Path) -> Result<TableConfig, C
     }
     let final_location = match t.final_location {
         Some(l) if l.trim().is_empty() => return Err(invalid("final_location is empty".into())),
-        Some(l) => resolve_location(&l, base),
-        None => format!("{}_final", location.trim_end_matches('/')),
+        Some(l) => place(resolve_location(&l, base))?,
+        None => location.sibling("_final"),
     };
-    if final_location == location || final_location == dlq_location {
+    if final_location.uri() == location.uri() || final_location.uri() == dlq_location.uri() {
         return Err(invalid("final_location must differ from location and dlq_location".into()));
     }
     let books_defaults = CloseBooksConfig::default();
@@ -720,8 +755,8 @@ mod tests {
     fn a_complete_table() {
         let c = load(GOOD).unwrap();
         let t = c.table("events").unwrap();
-        assert_eq!(t.location, "/etc/pl/lake/events");
-        assert_eq!(t.dlq_location, "/etc/pl/lake/events_dlq");
+        assert_eq!(t.location.uri(), "/etc/pl/lake/events");
+        assert_eq!(t.dlq_location.uri(), "/etc/pl/lake/events_dlq");
         assert_eq!(t.contract_dir.as_deref(), Some(Path::new("/etc/pl/schemas/events")));
         assert_eq!(t.flush.max_bytes, 64 << 20);
         assert_eq!(t.flush.max_latency, Duration::from_secs(5));
@@ -753,11 +788,37 @@ mod tests {
         ];
         let c = Config::from_str_with_env(GOOD, "protolake.toml", Path::new("/etc/pl"), env).unwrap();
         let t = c.table("events").unwrap();
-        assert_eq!(t.location, "s3://bucket/events");
+        assert_eq!(t.location.uri(), "s3://bucket/events");
         assert_eq!(t.flush.max_rows, 5);
         let env = vec![("PROTOLAKE__TABLES__EVENTS__LOCATON".to_string(), "x".to_string())];
         let e = Config::from_str_with_env(GOOD, "protolake.toml", Path::new("/"), env).unwrap_err().to_string();
         assert!(e.contains("unknown field `locaton`"), "{e}");
+    }
+
+    #[test]
+    fn storage_options_merge_per_table_and_are_checked() {
+        let text = GOOD.replace("location = \"lake/events\"", "location = \"s3://bucket/events\"\ndlq_location = \"lake/events_dlq\"")
+            + "\n[storage]\naws_region = \"eu-west-1\"\naws_secret_access_key = \"${S3_SECRET}\"\n\
+               [tables.events.storage]\naws_region = \"us-east-1\"\nmax_retries = 3\n";
+        let env = vec![("S3_SECRET".to_string(), "hunter2".to_string())];
+        let c = Config::from_str_with_env(&text, "protolake.toml", Path::new("/etc/pl"), env).unwrap();
+        let t = c.table("events").unwrap();
+        let options = t.location.storage_options();
+        assert_eq!(options["aws_region"], "us-east-1", "the table's key wins");
+        assert_eq!(options["aws_secret_access_key"], "hunter2");
+        assert_eq!(options["max_retries"], "3");
+        assert_eq!(t.final_location.storage_options()["aws_region"], "us-east-1", "siblings keep the options");
+        assert_eq!(t.dlq_location.option_keys().count(), 0, "a local DLQ takes none");
+        assert!(!format!("{t:?}").contains("hunter2"), "secrets are not in debug output");
+
+        let e = Config::from_str_with_env(&text.replace("max_retries", "max_retry"), "p.toml", Path::new("/"), vec![
+            ("S3_SECRET".to_string(), "x".to_string()),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("storage option \"max_retry\": not an option of this store"), "{e}");
+        let e = Config::from_str_with_env(&text, "p.toml", Path::new("/"), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("storage.\"aws_secret_access_key\" refers to the environment variable S3_SECRET"), "{e}");
     }
 
     #[test]

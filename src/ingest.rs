@@ -870,7 +870,7 @@ fn table_loop(
             let quiet = last_message.elapsed().min(state.assigned_at.elapsed());
             let idle = options.exit_when_idle.is_some_and(|d| quiet >= d);
             if state.due() || (idle && !state.pending.is_empty()) {
-                commit_with_retries(&shared, &mut state, &consumer, retry_for)?;
+                commit_with_retries(&shared, &mut state, &consumer, retry_for, health)?;
             }
             if idle && state.pending.is_empty() && !state.owned.is_empty() {
                 info!(%table, "no message for {:?}; stopping", options.exit_when_idle.unwrap_or_default());
@@ -884,7 +884,7 @@ fn table_loop(
         shared.state().abandon();
     } else {
         let mut state = shared.state();
-        commit_with_retries(&shared, &mut state, &consumer, retry_for).inspect_err(|_| {
+        commit_with_retries(&shared, &mut state, &consumer, retry_for, health).inspect_err(|_| {
             health.failed.store(true, Ordering::Relaxed);
         })?;
     }
@@ -904,11 +904,13 @@ fn commit_with_retries(
     state: &mut TableState,
     consumer: &BaseConsumer<IngestContext>,
     retry_for: Duration,
+    health: &TableHealth,
 ) -> Result<(), IngestError> {
     let error = match shared.runtime.block_on(state.commit()) {
         Ok(Committed::Nothing) => return Ok(()),
         Ok(Committed::Done(offsets)) => {
             state.failing_since = None;
+            health.ready.store(true, Ordering::Relaxed);
             commit_group_offsets(consumer, &offsets, CommitMode::Async);
             return Ok(());
         }
@@ -917,6 +919,8 @@ fn commit_with_retries(
     };
     state.metrics.commits.get_or_create(&state.outcome("failed")).inc();
     warn!(table = %state.name, error = %error, "commit failed; the batch will be read again");
+    // Not ready (/readyz) until a commit succeeds again.
+    health.ready.store(false, Ordering::Relaxed);
     let since = *state.failing_since.get_or_insert_with(Instant::now);
     let mut wait = Duration::from_millis(200);
     // Until the positions are reloaded the consumer must not go on past the dropped batch.

@@ -2,7 +2,7 @@
 //!
 //! * [`decode`]: descriptor-driven protobuf → Arrow decoding.
 //! * [`contract`]: the table's schema contract (Spark DDL) and the Delta storage mapping.
-//! * [`config`]: the configuration file.
+//! * [`config`]: the configuration file; [`location`]: table locations and their storage options.
 //! * [`source`]: where records come from (archived files, Kafka).
 //! * [`pipeline`]: one table's records → rows and dead letters.
 //! * [`sink`]: Delta tables (data and dead letters).
@@ -15,6 +15,7 @@ pub mod close_books;
 pub mod config;
 pub mod contract;
 pub mod decode;
+pub mod location;
 #[cfg(feature = "kafka")]
 pub mod ingest;
 #[cfg(feature = "kafka")]

@@ -185,8 +185,8 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         message: MESSAGE.into(),
         recursion_depth: None,
         contract_dir: None,
-        location: location.clone(),
-        dlq_location: dlq_location.clone(),
+        location: location.as_str().into(),
+        dlq_location: dlq_location.as_str().into(),
         event_time: Some(EventTime { field: "event_time".into(), unit: None }),
         key: vec!["impression_id".into()],
         flush: FlushPolicy { max_latency: Duration::from_secs(1), ..FlushPolicy::default() },
@@ -196,7 +196,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         framing: Framing::Raw,
         dlq_topic: None,
         checkpoint_interval: 100,
-        final_location: format!("{}_final", location),
+        final_location: format!("{}_final", location).into(),
         close_books: Default::default(),
     };
     let kafka = KafkaConfig {

@@ -192,7 +192,7 @@ close_books = { grace = "2h", memory_limit = "256MiB" }
 /// Opens (creating if needed) a raw table as the daemon and backfill write it.
 async fn open_raw(location: &str) -> Result<TableWriter, protolake::sink::SinkError> {
     TableWriter::open_or_create(
-        location,
+        &location.into(),
         raw_schema(),
         vec![EVENT_DATE.into()],
         Default::default(),

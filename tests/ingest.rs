@@ -7,13 +7,12 @@
 //! every produced offset exactly once, bad records in the dead-letter table with their reason
 //! and headers, after clean runs, kill -9 crashes and consumer-group rebalances.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray};
 use prost::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -25,6 +24,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Produc
 mod common;
 
 use common::AdImpression;
+use protolake::location::Location;
 
 /// A broker for one test: the real one from the environment, or a mock cluster.
 struct Broker {
@@ -138,13 +138,32 @@ fn produce(
 
 struct Lake {
     dir: PathBuf,
+    table: Location,
+    dlq: Location,
     /// Removes the folder at the end, unless PROTOLAKE_KEEP_LAKE is set (for a look afterwards).
     _cleanup: Option<tempfile::TempDir>,
 }
 
 impl Lake {
     fn new(broker: &Broker, topic: &str, flush: &str, extra_table: &str) -> Self {
+        Self::on(None, broker, topic, flush, extra_table)
+    }
+
+    /// A lake whose tables live on an object store: (folder URI, storage options).
+    fn on(
+        store: Option<(&str, &BTreeMap<String, String>)>,
+        broker: &Broker,
+        topic: &str,
+        flush: &str,
+        extra_table: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let (location, storage) = match store {
+            Some((root, options)) => {
+                (format!("{root}/ads"), format!("[storage]\n{}\n", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>()))
+            }
+            None => ("lake/ads".to_string(), String::new()),
+        };
         let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
         let config = format!(
             r#"
@@ -156,12 +175,13 @@ properties = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 500, "top
 [ingest]
 metrics_address = ""
 
+{storage}
 [tables.ads]
 proto = ["{proto}/protolake/examples/v1/events.proto"]
 include = ["{proto}"]
 message = "protolake.examples.v1.AdImpression"
 contract_dir = ""
-location = "lake/ads"
+location = "{location}"
 event_time = {{ field = "event_time" }}
 topic = "{topic}"
 flush = {flush}
@@ -173,25 +193,30 @@ flush = {flush}
         );
         std::fs::write(dir.path().join("protolake.toml"), config).unwrap();
         let path = dir.path().to_path_buf();
+        let table = match store {
+            Some((_, options)) => Location::with_options(location.clone(), options.clone()).unwrap(),
+            None => Location::new(path.join(&location).display().to_string()),
+        };
+        let dlq = table.sibling("_dlq");
         if std::env::var_os("PROTOLAKE_KEEP_LAKE").is_some() {
             eprintln!("lake kept in {}", path.display());
             #[allow(deprecated)]
             let _ = dir.into_path();
-            return Lake { dir: path, _cleanup: None };
+            return Lake { dir: path, table, dlq, _cleanup: None };
         }
-        Lake { dir: path, _cleanup: Some(dir) }
+        Lake { dir: path, table, dlq, _cleanup: Some(dir) }
     }
 
     fn path(&self) -> &Path {
         &self.dir
     }
 
-    fn table(&self) -> PathBuf {
-        self.path().join("lake/ads")
+    fn table(&self) -> Location {
+        self.table.clone()
     }
 
-    fn dlq(&self) -> PathBuf {
-        self.path().join("lake/ads_dlq")
+    fn dlq(&self) -> Location {
+        self.dlq.clone()
     }
 
     /// Starts the daemon; its log goes to `log_name` in the lake folder.
@@ -263,81 +288,18 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
     wait_at_most(child, Duration::from_secs(120))
 }
 
-/// Column values of every row of the Delta table at `path`, read from its Parquet files.
-fn read_table(path: &Path, columns: &[&str]) -> Vec<Vec<Option<String>>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let url = deltalake::ensure_table_uri(path.to_str().unwrap()).unwrap();
-        let table = match deltalake::open_table(url).await {
-            Ok(t) => t,
-            Err(_) => return Vec::new(),
-        };
-        let mut rows = Vec::new();
-        for uri in table.get_file_uris().unwrap() {
-            let file_path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
-            let file_path = percent_decode(&file_path);
-            let file = std::fs::File::open(&file_path).unwrap_or_else(|e| panic!("{file_path}: {e}"));
-            let reader = deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                .unwrap()
-                .build()
-                .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let cols: Vec<_> = columns
-                    .iter()
-                    .map(|c| {
-                        let array = batch.column_by_name(c).unwrap_or_else(|| panic!("no column {c}"));
-                        arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).unwrap_or_else(|_| {
-                            // Lists and structs: their debug text is enough to compare.
-                            std::sync::Arc::new(arrow::array::StringArray::from(
-                                (0..array.len())
-                                    .map(|i| (!array.is_null(i)).then(|| format!("{:?}", array.slice(i, 1))))
-                                    .collect::<Vec<_>>(),
-                            ))
-                        })
-                    })
-                    .collect();
-                for row in 0..batch.num_rows() {
-                    rows.push(
-                        cols.iter()
-                            .map(|c| {
-                                let s = c.as_string::<i32>();
-                                (!s.is_null(row)).then(|| s.value(row).to_string())
-                            })
-                            .collect(),
-                    );
-                }
-            }
-        }
-        rows
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
+/// Column values of every row of the Delta table at `location` (a path or a URL).
+fn read_table(location: &Location, columns: &[&str]) -> Vec<Vec<Option<String>>> {
+    common::read_columns(location, columns)
 }
 
 /// (partition, offset) of every row; panics on a duplicate.
-fn offsets(path: &Path) -> BTreeSet<(i32, i64)> {
+fn offsets(path: &Location) -> BTreeSet<(i32, i64)> {
     let mut seen = BTreeSet::new();
     for row in read_table(path, &["_source_partition", "_source_offset"]) {
         let p: i32 = row[0].as_ref().unwrap().parse().unwrap();
         let o: i64 = row[1].as_ref().unwrap().parse().unwrap();
-        assert!(seen.insert((p, o)), "partition {p} offset {o} is in {} twice", path.display());
+        assert!(seen.insert((p, o)), "partition {p} offset {o} is in {path} twice");
     }
     seen
 }
@@ -357,7 +319,7 @@ fn assert_offsets(actual: &BTreeSet<(i32, i64)>, expected: &BTreeSet<(i32, i64)>
 }
 
 /// Waits (with a generous limit against hangs) until the table holds `n` rows.
-fn wait_for_rows(path: &Path, n: usize, limit: Duration) {
+fn wait_for_rows(path: &Location, n: usize, limit: Duration) {
     let started = Instant::now();
     loop {
         let rows = read_table(path, &["_source_offset"]).len();
@@ -405,7 +367,7 @@ fn produced_records_are_read_back_exactly_once_and_bad_ones_are_dead_letters() {
         &format!("dlq_topic = \"{dlq_topic}\"\ncheckpoint_interval = 2\nmax_record_bytes = \"1KiB\""),
     );
     lake.catch_up("run1.log", &[]);
-    let checkpoints = std::fs::read_dir(lake.table().join("_delta_log"))
+    let checkpoints = std::fs::read_dir(Path::new(lake.table().uri()).join("_delta_log"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".checkpoint.parquet"))
         .count();
@@ -672,4 +634,136 @@ fn a_second_daemon_joining_and_leaving_mid_stream_loses_and_doubles_nothing() {
     assert!(terminate(&mut a).success(), "first daemon:\n{}", lake.log("a.log"));
     assert!(b_assigned, "the second daemon never got partitions:\n{}", lake.log("b.log"));
     assert_offsets(&offsets(&lake.table()), &expected_offsets(0..n, partitions, &|_| true), &lake.log("a.log"));
+}
+
+#[test]
+fn the_daemon_ingests_into_s3_and_azure_exactly_once() {
+    let broker = broker();
+    for (name, root, options) in common::object_stores("ingest") {
+        let topic = unique(&format!("store-{name}"));
+        broker.create_topic(&topic, 2);
+        let n = 1500;
+        let bad = |i: usize| i % 300 == 11;
+        produce(&broker.producer(), &topic, 2, 0..n, &bad);
+        let lake =
+            Lake::on(Some((&root, &options)), &broker, &topic, r#"{ max_rows = 400, max_latency = "500ms" }"#, "");
+        lake.catch_up("run1.log", &[]);
+        let log = lake.log("run1.log");
+        assert!(!log.contains("unsafe for concurrent writers"), "{name}: {log}");
+        assert_offsets(&offsets(&lake.table()), &expected_offsets(0..n, 2, &|i| !bad(i)), &format!("{name}: {log}"));
+        let dead: BTreeSet<(i32, i64)> = read_table(&lake.dlq(), &["_source_partition", "_source_offset"])
+            .iter()
+            .map(|r| (r[0].as_ref().unwrap().parse().unwrap(), r[1].as_ref().unwrap().parse().unwrap()))
+            .collect();
+        assert_offsets(&dead, &expected_offsets(0..n, 2, &bad), &format!("{name}: dead letters"));
+
+        // A restart resumes from the positions the table on the store records.
+        produce(&broker.producer(), &topic, 2, n..n + 200, &bad);
+        lake.catch_up("run2.log", &[]);
+        assert_offsets(
+            &offsets(&lake.table()),
+            &expected_offsets(0..n + 200, 2, &|i| !bad(i)),
+            &format!("{name}: {}", lake.log("run2.log")),
+        );
+    }
+}
+
+/// A TCP relay in front of a server that can be cut off: while down it resets every open
+/// connection and every new one, as a crashed or unreachable server would.
+struct Relay {
+    address: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(upstream: &str) -> Relay {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let upstream = upstream.to_string();
+        let (up2, open2) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                };
+                open2.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { address, up, open }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        if !up {
+            for stream in self.open.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_s3_outage_stalls_ingestion_and_it_resumes_without_loss_or_doubles() {
+    let broker = broker();
+    let (_, root, direct_options) =
+        common::object_stores("outage").into_iter().find(|(name, _, _)| *name == "s3").unwrap();
+    let endpoint = direct_options["aws_endpoint"].trim_start_matches("http://").to_string();
+    let relay = Relay::start(&endpoint);
+    let mut options = direct_options.clone();
+    options.insert("aws_endpoint".into(), format!("http://{}", relay.address));
+    // Requests give up after a few seconds, so the outage reaches the daemon's own recovery
+    // (drop the batch, re-read the table's positions) instead of being hidden by HTTP retries.
+    options.insert("max_retries".into(), "2".into());
+    options.insert("retry_timeout".into(), "3s".into());
+    let topic = unique("outage");
+    let partitions = 2;
+    broker.create_topic(&topic, partitions);
+    let lake = Lake::on(
+        Some((&root, &options)),
+        &broker,
+        &topic,
+        r#"{ max_rows = 100, max_latency = "200ms" }"#,
+        "",
+    );
+    // The test reads the table past the relay.
+    let direct = Location::with_options(format!("{root}/ads"), direct_options).unwrap();
+    let n = 3000;
+    produce(&broker.producer(), &topic, partitions, 0..1000, &|_| false);
+    let mut child = lake.start(&[], "daemon.log");
+    wait_for_rows(&direct, 500, Duration::from_secs(120));
+
+    relay.set_up(false);
+    produce(&broker.producer(), &topic, partitions, 1000..n, &|_| false);
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(child.try_wait().unwrap().is_none(), "the daemon exited during the outage:\n{}", lake.log("daemon.log"));
+    let during = offsets(&direct).len();
+    assert!(during < n, "everything was committed although the store was unreachable");
+    relay.set_up(true);
+
+    wait_for_rows(&direct, n, Duration::from_secs(180));
+    assert!(terminate(&mut child).success(), "{}", lake.log("daemon.log"));
+    let log = lake.log("daemon.log");
+    assert!(log.contains("commit failed"), "the outage never reached a commit:\n{log}");
+    assert_offsets(&offsets(&direct), &expected_offsets(0..n, partitions, &|_| true), &log);
 }

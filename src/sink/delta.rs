@@ -16,6 +16,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::config::ParquetOptions;
+use crate::location::Location;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -99,22 +100,26 @@ impl TableWriter {
     /// Opens the table at `location`, creating it with `schema` and `partition_columns` if it
     /// does not exist. An existing table must have exactly this schema.
     pub async fn open_or_create(
-        location: &str,
+        place: &Location,
         schema: SchemaRef,
         partition_columns: Vec<String>,
         properties: HashMap<String, String>,
         parquet: &ParquetOptions,
         target_file_size: u64,
     ) -> Result<Self, SinkError> {
+        let location = place.uri();
         let err = |cause| SinkError::Delta { location: location.to_string(), cause };
-        if !location.contains("://") {
-            std::fs::create_dir_all(location).map_err(|e| SinkError::Location {
+        if place.is_local() {
+            let path = location.strip_prefix("file://").unwrap_or(location);
+            std::fs::create_dir_all(path).map_err(|e| SinkError::Location {
                 location: location.to_string(),
                 message: format!("cannot create the folder: {e}"),
             })?;
         }
         let url = deltalake::ensure_table_uri(location).map_err(err)?;
-        let mut table = DeltaTable::try_from_url(url).await.map_err(err)?;
+        let mut table =
+            DeltaTable::try_from_url_with_storage_options(url, place.storage_options()).await.map_err(err)?;
+        warn_if_unsafe_for_concurrent_writers(place, &table).await;
         if table.version().is_none() {
             let columns: StructType = schema.as_ref().try_into_kernel().map_err(|e| SinkError::Schema {
                 location: location.to_string(),
@@ -349,8 +354,8 @@ impl TableWriter {
 
 /// Where a pipeline writes: its data table and its dead-letter table.
 pub struct TablePair<'a> {
-    pub location: &'a str,
-    pub dlq_location: &'a str,
+    pub location: &'a Location,
+    pub dlq_location: &'a Location,
     pub schema: SchemaRef,
     pub partition_columns: Vec<String>,
     /// Table properties set when a table is created.
@@ -386,13 +391,18 @@ impl TablePair<'_> {
 
 /// The table at `location`, loaded at `version` (or its newest), or None when there is no
 /// table there.
-pub async fn open_table(location: &str, version: Option<u64>) -> Result<Option<DeltaTable>, SinkError> {
+pub async fn open_table(place: &Location, version: Option<u64>) -> Result<Option<DeltaTable>, SinkError> {
+    let location = place.uri();
     let err = |cause| SinkError::Delta { location: location.to_string(), cause };
-    if !location.contains("://") && !std::path::Path::new(location).join("_delta_log").is_dir() {
-        return Ok(None);
+    if place.is_local() {
+        let path = location.strip_prefix("file://").unwrap_or(location);
+        if !std::path::Path::new(path).join("_delta_log").is_dir() {
+            return Ok(None);
+        }
     }
     let url = deltalake::ensure_table_uri(location).map_err(err)?;
-    let mut builder = deltalake::DeltaTableBuilder::from_url(url).map_err(err)?;
+    let mut builder =
+        deltalake::DeltaTableBuilder::from_url(url).map_err(err)?.with_storage_options(place.storage_options());
     if let Some(v) = version {
         builder = builder.with_version(v);
     }
@@ -403,8 +413,55 @@ pub async fn open_table(location: &str, version: Option<u64>) -> Result<Option<D
     }
 }
 
+/// Says, once per location, what makes a table's store unsafe for two writers at once: settings
+/// that turn conditional writes off, or a store that overwrote an object it was asked to create
+/// only if absent (checked with a scratch object under `_protolake/`, removed afterwards).
+async fn warn_if_unsafe_for_concurrent_writers(place: &Location, table: &DeltaTable) {
+    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+    static CHECKED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    if place.is_local() {
+        return;
+    }
+    {
+        let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+        if checked.iter().any(|c| c == place.uri()) {
+            return;
+        }
+        checked.push(place.uri().to_string());
+    }
+    for hazard in place.concurrency_hazards() {
+        tracing::warn!(location = %place, "unsafe for concurrent writers: {hazard}");
+    }
+    let store = table.log_store().object_store(None);
+    let probe = object_store::path::Path::from(format!("_protolake/create-only-probe-{}", uuid::Uuid::new_v4()));
+    let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
+    let first = store.put_opts(&probe, "1".into(), create()).await;
+    let second = match first {
+        Ok(_) => store.put_opts(&probe, "2".into(), create()).await,
+        Err(e) => {
+            tracing::warn!(location = %place, error = %e, "could not check the store's conditional writes");
+            return;
+        }
+    };
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => {
+            tracing::debug!(location = %place, "the store refuses to overwrite on create-only writes")
+        }
+        Ok(_) => tracing::error!(
+            location = %place,
+            "unsafe for concurrent writers: the store overwrote an object it was asked to create only if \
+             absent (If-None-Match). Two writers committing to this table at once can overwrite each \
+             other's commit: run one writer per table, or use a store with conditional writes"
+        ),
+        Err(e) => tracing::warn!(location = %place, error = %e, "could not check the store's conditional writes"),
+    }
+    if let Err(e) = store.delete(&probe).await {
+        tracing::debug!(location = %place, error = %e, "removing the conditional-write probe");
+    }
+}
+
 /// The schema of the table at `location`, or None when there is no table there.
-pub async fn table_schema_at(location: &str) -> Result<Option<SchemaRef>, SinkError> {
+pub async fn table_schema_at(location: &Location) -> Result<Option<SchemaRef>, SinkError> {
     let Some(table) = open_table(location, None).await? else { return Ok(None) };
     let snapshot = table.snapshot().map_err(|cause| SinkError::Delta { location: location.to_string(), cause })?;
     Ok(Some(snapshot.snapshot().arrow_schema()))

@@ -498,3 +498,84 @@ pub struct AdImpression {
     #[prost(string, repeated, tag = "10")]
     pub tags: Vec<String>,
 }
+
+/// The object stores scripts/test.sh starts on loopback (moto for S3, Azurite for Azure Blob),
+/// each as (name, a table-folder URI no other test uses, the storage options that reach it).
+pub fn object_stores(prefix: &str) -> Vec<(&'static str, String, std::collections::BTreeMap<String, String>)> {
+    let need = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: the object-store tests need the servers scripts/test.sh starts (run it)")
+        })
+    };
+    let s3 = need("PROTOLAKE_S3_ENDPOINT");
+    need("AZURITE_BLOB_STORAGE_URL");
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let id = format!("{prefix}-{}-{nanos}", std::process::id());
+    let pairs = |p: &[(&str, &str)]| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    vec![
+        (
+            "s3",
+            format!("s3://protolake/{id}"),
+            pairs(&[
+                ("aws_endpoint", s3.as_str()),
+                ("aws_region", "us-east-1"),
+                ("aws_access_key_id", "test"),
+                ("aws_secret_access_key", "test"),
+            ]),
+        ),
+        ("azure", format!("az://protolake/{id}"), pairs(&[("azure_storage_use_emulator", "true")])),
+    ]
+}
+
+/// Options as a TOML inline table.
+pub fn toml_inline(options: &std::collections::BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = options.iter().map(|(k, v)| format!("{k:?} = {v:?}")).collect();
+    format!("{{ {} }}", pairs.join(", "))
+}
+
+/// Column values (as text) of every row of the Delta table at `location`, read from its Parquet
+/// files through the table's own object store; empty when there is no table.
+pub fn read_columns(location: &protolake::location::Location, columns: &[&str]) -> Vec<Vec<Option<String>>> {
+    use object_store::ObjectStoreExt;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let Some(table) = protolake::sink::open_table(location, None).await.unwrap() else { return Vec::new() };
+        let store = table.log_store().object_store(None);
+        let mut rows = Vec::new();
+        for path in table.get_files_by_partitions(&[]).await.unwrap() {
+            let bytes = store.get(&path).await.unwrap().bytes().await.unwrap();
+            let reader = deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                .unwrap()
+                .build()
+                .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let cols: Vec<_> = columns
+                    .iter()
+                    .map(|c| {
+                        let array = batch.column_by_name(c).unwrap_or_else(|| panic!("no column {c}"));
+                        arrow::compute::cast(array, &DataType::Utf8).unwrap_or_else(|_| {
+                            // Lists and structs: their debug text is enough to compare.
+                            std::sync::Arc::new(arrow::array::StringArray::from(
+                                (0..array.len())
+                                    .map(|i| (!array.is_null(i)).then(|| format!("{:?}", array.slice(i, 1))))
+                                    .collect::<Vec<_>>(),
+                            ))
+                        })
+                    })
+                    .collect();
+                for row in 0..batch.num_rows() {
+                    rows.push(
+                        cols.iter()
+                            .map(|c| {
+                                let s = c.as_string::<i32>();
+                                (!s.is_null(row)).then(|| s.value(row).to_string())
+                            })
+                            .collect(),
+                    );
+                }
+            }
+        }
+        rows
+    })
+}

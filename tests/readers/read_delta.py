@@ -1,6 +1,7 @@
 """Reads a Delta table with independent readers and prints what each saw, as JSON.
 
-usage: read_delta.py TABLE_PATH
+usage: read_delta.py TABLE_PATH_OR_URL
+Object-store options (a JSON object) come from env STORAGE_OPTIONS.
 Prints {"deltalake": {...}, "polars": {...}} where each holds the row count, the column names,
 the sorted values of a key column when given (env KEY_COLUMN), and the table version.
 """
@@ -13,9 +14,10 @@ import polars as pl
 
 path = sys.argv[1]
 key = os.environ.get("KEY_COLUMN")
+options = json.loads(os.environ.get("STORAGE_OPTIONS") or "{}") or None
 out = {}
 
-dt = deltalake.DeltaTable(path)
+dt = deltalake.DeltaTable(path, storage_options=options)
 table = dt.to_pyarrow_table()
 out["deltalake"] = {
     "version": dt.version(),
@@ -26,7 +28,7 @@ out["deltalake"] = {
     "files": len(dt.file_uris()),
 }
 
-df = pl.read_delta(path)
+df = pl.read_delta(path, storage_options=options)
 out["polars"] = {
     "rows": df.height,
     "columns": df.columns,
