@@ -112,6 +112,9 @@ for p in "$s3_port" "$az_port"; do
     sleep 0.2
   done
 done
+for pid in "$moto_pid" "$azurite_pid"; do
+  kill -0 "$pid" 2>/dev/null || { echo "an object store did not start (port taken?):"; tail -5 "$CACHE/moto.log" "$CACHE/azurite.log"; exit 1; }
+done
 export PROTOLAKE_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$az_port"
 "$VENV/bin/python" - <<'PY' || { echo "the object stores did not start:"; tail -5 "$CACHE/moto.log" "$CACHE/azurite.log"; exit 1; }

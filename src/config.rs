@@ -412,10 +412,8 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse { path: source.into(), message: e.to_string() })?;
         let mut tables = BTreeMap::new();
-        let storage = scalar_map("storage", raw.storage, &env_lookup).map_err(|message| ConfigError::Parse {
-            path: source.into(),
-            message,
-        })?;
+        let storage = scalar_map("storage", raw.storage, &env_lookup)
+            .map_err(|message| ConfigError::Parse { path: source.into(), message })?;
         for (name, t) in raw.tables {
             let table = validate_table(&name, t, base, &storage, &env_lookup)?;
             tables.insert(name, table);
@@ -497,7 +495,10 @@ fn scalar_map(
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Float(f) => f.to_string(),
             other => {
-                return Err(format!("{section}.\"{key}\" must be a string, number or boolean, not {}", other.type_str()))
+                return Err(format!(
+                    "{section}.\"{key}\" must be a string, number or boolean, not {}",
+                    other.type_str()
+                ))
             }
         };
         let value = interpolate(section, &key, &text, env)?;
@@ -797,8 +798,10 @@ mod tests {
 
     #[test]
     fn storage_options_merge_per_table_and_are_checked() {
-        let text = GOOD.replace("location = \"lake/events\"", "location = \"s3://bucket/events\"\ndlq_location = \"lake/events_dlq\"")
-            + "\n[storage]\naws_region = \"eu-west-1\"\naws_secret_access_key = \"${S3_SECRET}\"\n\
+        let text = GOOD.replace(
+            "location = \"lake/events\"",
+            "location = \"s3://bucket/events\"\ndlq_location = \"lake/events_dlq\"",
+        ) + "\n[storage]\naws_region = \"eu-west-1\"\naws_secret_access_key = \"${S3_SECRET}\"\n\
                [tables.events.storage]\naws_region = \"us-east-1\"\nmax_retries = 3\n";
         let env = vec![("S3_SECRET".to_string(), "hunter2".to_string())];
         let c = Config::from_str_with_env(&text, "protolake.toml", Path::new("/etc/pl"), env).unwrap();
@@ -811,9 +814,12 @@ mod tests {
         assert_eq!(t.dlq_location.option_keys().count(), 0, "a local DLQ takes none");
         assert!(!format!("{t:?}").contains("hunter2"), "secrets are not in debug output");
 
-        let e = Config::from_str_with_env(&text.replace("max_retries", "max_retry"), "p.toml", Path::new("/"), vec![
-            ("S3_SECRET".to_string(), "x".to_string()),
-        ])
+        let e = Config::from_str_with_env(
+            &text.replace("max_retries", "max_retry"),
+            "p.toml",
+            Path::new("/"),
+            vec![("S3_SECRET".to_string(), "x".to_string())],
+        )
         .unwrap_err()
         .to_string();
         assert!(e.contains("storage option \"max_retry\": not an option of this store"), "{e}");

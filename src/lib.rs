@@ -15,9 +15,9 @@ pub mod close_books;
 pub mod config;
 pub mod contract;
 pub mod decode;
-pub mod location;
 #[cfg(feature = "kafka")]
 pub mod ingest;
+pub mod location;
 #[cfg(feature = "kafka")]
 pub mod metrics;
 pub mod pipeline;

@@ -97,7 +97,9 @@ impl Location {
         let scheme = Scheme::of(&uri);
         let (feature, built) = scheme.built_in();
         if !built {
-            return Err(format!("{uri}: this build of protolake has no {feature} support (cargo feature \"{feature}\")"));
+            return Err(format!(
+                "{uri}: this build of protolake has no {feature} support (cargo feature \"{feature}\")"
+            ));
         }
         let options: BTreeMap<String, String> =
             options.into_iter().map(|(k, v)| (k.trim().to_ascii_lowercase(), v)).collect();

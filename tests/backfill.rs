@@ -329,7 +329,8 @@ fn ad_hoc_backfill_needs_no_config_and_refuses_mixed_flags() {
 #[test]
 fn backfill_writes_to_s3_and_azure_and_a_rerun_adds_nothing() {
     for (name, root, options) in common::object_stores("backfill") {
-        let storage = format!("[storage]\n{}", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>());
+        let storage =
+            format!("[storage]\n{}", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>());
         let location = format!("{root}/ads");
         let f = Fixture::at(&location, &storage);
         let input = f.input("day1.pb", 600, &[3, 333]);
@@ -370,9 +371,19 @@ fn storage_options_are_checked_before_anything_is_written() {
     // Ad hoc: --storage-option, refused for a local path.
     let out = protolake(
         &[
-            "backfill", "--table", "lake/x", "--storage-option", "aws_region=us-east-1", "--proto",
-            "proto/protolake/examples/v1/events.proto", "-I", "proto", "--message",
-            "protolake.examples.v1.AdImpression", "--input", input.to_str().unwrap(),
+            "backfill",
+            "--table",
+            "lake/x",
+            "--storage-option",
+            "aws_region=us-east-1",
+            "--proto",
+            "proto/protolake/examples/v1/events.proto",
+            "-I",
+            "proto",
+            "--message",
+            "protolake.examples.v1.AdImpression",
+            "--input",
+            input.to_str().unwrap(),
         ],
         Path::new(env!("CARGO_MANIFEST_DIR")),
     );

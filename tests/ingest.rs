@@ -159,9 +159,10 @@ impl Lake {
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (location, storage) = match store {
-            Some((root, options)) => {
-                (format!("{root}/ads"), format!("[storage]\n{}\n", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>()))
-            }
+            Some((root, options)) => (
+                format!("{root}/ads"),
+                format!("[storage]\n{}\n", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>()),
+            ),
             None => ("lake/ads".to_string(), String::new()),
         };
         let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
@@ -739,13 +740,7 @@ fn an_s3_outage_stalls_ingestion_and_it_resumes_without_loss_or_doubles() {
     let topic = unique("outage");
     let partitions = 2;
     broker.create_topic(&topic, partitions);
-    let lake = Lake::on(
-        Some((&root, &options)),
-        &broker,
-        &topic,
-        r#"{ max_rows = 100, max_latency = "200ms" }"#,
-        "",
-    );
+    let lake = Lake::on(Some((&root, &options)), &broker, &topic, r#"{ max_rows = 100, max_latency = "200ms" }"#, "");
     // The test reads the table past the relay.
     let direct = Location::with_options(format!("{root}/ads"), direct_options).unwrap();
     let n = 3000;

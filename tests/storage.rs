@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use protolake::config::ParquetOptions;
 use protolake::location::Location;
 use protolake::sink::{CommitInfo, SinkError, TableWriter};
@@ -98,6 +98,7 @@ fn writers_committing_to_one_table_at_once_lose_no_commit() {
         // Every commit is a version of its own: creation (one of the writers) + all appends,
         // with no version missing and none holding two writers' commits.
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let store_name = store;
         let (versions, positions) = rt.block_on(async {
             let table = protolake::sink::open_table(&location, None).await.unwrap().expect("the table exists");
             let store = table.log_store().object_store(None);
@@ -110,6 +111,17 @@ fn writers_committing_to_one_table_at_once_lose_no_commit() {
                     versions.insert(v);
                 }
             }
+            // Which writer made each version (its txn action): they must interleave, or the
+            // writers never raced.
+            let mut order = Vec::new();
+            for v in 1..=versions.iter().max().copied().unwrap_or(0) {
+                let path = object_store::path::Path::from(format!("_delta_log/{v:020}.json"));
+                let text = String::from_utf8(store.get(&path).await.unwrap().bytes().await.unwrap().to_vec()).unwrap();
+                let writer = (0..WRITERS).find(|w| text.contains(&format!("\"appId\":\"writer-w{w}\"")));
+                order.push(writer.expect("every append records its writer"));
+            }
+            let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+            assert!(switches >= WRITERS, "{store_name}: the writers took turns only {switches} times: {order:?}");
             let mut positions = BTreeMap::new();
             for w in 0..WRITERS {
                 let app = format!("writer-w{w}");
@@ -179,4 +191,36 @@ fn a_store_that_overwrites_on_create_is_reported_at_start_up() {
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("unsafe for concurrent writers: conditional_put=disabled"), "{text}");
+}
+
+#[test]
+fn gcs_and_hdfs_locations_reach_their_stores() {
+    // No GCS or HDFS server here: what is checked is that the URL reaches the store's client
+    // (built in by the gcs and hdfs features) and fails on the network, not on the scheme.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let cases = [
+        Location::with_options(
+            "gs://protolake/t",
+            [
+                (
+                    "google_service_account_key".to_string(),
+                    "{\"private_key\":\"x\",\"client_email\":\"a@b\"}".to_string(),
+                ),
+                ("max_retries".to_string(), "0".to_string()),
+            ]
+            .into(),
+        )
+        .unwrap(),
+        Location::new("hdfs://127.0.0.1:1/protolake/t"),
+    ];
+    for location in cases {
+        let error = rt
+            .block_on(protolake::sink::open_table(&location, None))
+            .map(|t| t.is_some())
+            .expect_err("nothing answers there");
+        let text = format!("{error:#}").to_lowercase();
+        assert!(!text.contains("scheme") && !text.contains("unknown"), "{location}: {text}");
+        let client = if location.uri().starts_with("gs:") { "gcs" } else { "hdfs" };
+        assert!(text.contains(client), "{location}: the error is not the {client} client's: {text}");
+    }
 }
