@@ -14,8 +14,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use serde_json::Value;
 
 use protolake::config::ParquetOptions;
+use protolake::location::Location;
 use protolake::pipeline::{source_fields, EVENT_DATE};
 use protolake::sink::{CommitInfo, TableWriter};
+
+mod common;
 
 const DAY: &str = "2026-11-20";
 /// 2026-11-20T00:00:00Z in microseconds.
@@ -122,28 +125,50 @@ fn batch(rows: &[Row]) -> RecordBatch {
 struct Fixture {
     dir: tempfile::TempDir,
     rt: tokio::runtime::Runtime,
+    raw: Location,
+    final_table: Location,
 }
 
 impl Fixture {
     /// A config with table `events` (key `id`, event time `ts`) and its pinned contract.
     fn new() -> Self {
+        Self::on(None)
+    }
+
+    /// The same, with the tables on an object store: (folder URI, storage options).
+    fn on(store: Option<(&str, &BTreeMap<String, String>)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = r#"
+        let (location, storage) = match store {
+            Some((root, options)) => (
+                format!("{root}/events"),
+                format!("[storage]\n{}", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>()),
+            ),
+            None => ("lake/events".to_string(), String::new()),
+        };
+        let config = format!(
+            r#"
+{storage}
 [tables.events]
 proto = ["unused.proto"]
 message = "acme.Event"
-location = "lake/events"
-event_time = { field = "ts" }
+location = "{location}"
+event_time = {{ field = "ts" }}
 key = ["id"]
-flush = { target_file_size = "1MiB" }
-close_books = { grace = "2h", memory_limit = "256MiB" }
-"#;
+flush = {{ target_file_size = "1MiB" }}
+close_books = {{ grace = "2h", memory_limit = "256MiB" }}
+"#
+        );
         std::fs::write(dir.path().join("protolake.toml"), config).unwrap();
+        let raw = match store {
+            Some((_, options)) => Location::with_options(location, options.clone()).unwrap(),
+            None => Location::new(dir.path().join(location).display().to_string()),
+        };
+        let final_table = raw.sibling("_final");
         let contracts = dir.path().join("schemas/events");
         std::fs::create_dir_all(&contracts).unwrap();
         let ddl = protolake::contract::to_ddl(&Schema::new(payload_fields())).unwrap();
         std::fs::write(contracts.join("v1.ddl"), ddl).unwrap();
-        Fixture { dir, rt: runtime() }
+        Fixture { dir, rt: runtime(), raw, final_table }
     }
 
     fn path(&self) -> &Path {
@@ -160,9 +185,8 @@ close_books = { grace = "2h", memory_limit = "256MiB" }
 
     /// Appends rows to the raw table, one commit per call.
     fn append(&self, rows: &[Row]) -> u64 {
-        let location = self.raw().display().to_string();
         self.rt.block_on(async {
-            let mut writer = open_raw(&location).await.unwrap();
+            let mut writer = open_raw(&self.raw).await.unwrap();
             for day_rows in split_by_day(rows) {
                 writer.write(batch(&day_rows)).await.unwrap();
             }
@@ -185,14 +209,14 @@ close_books = { grace = "2h", memory_limit = "256MiB" }
 
     /// The final table's rows of a day: id → (note, ts).
     fn final_rows(&self, day: &str) -> BTreeMap<String, (String, Option<i64>)> {
-        read_day(&self.rt, &self.final_table(), day)
+        read_day(&self.rt, &self.final_table, day)
     }
 }
 
 /// Opens (creating if needed) a raw table as the daemon and backfill write it.
-async fn open_raw(location: &str) -> Result<TableWriter, protolake::sink::SinkError> {
+async fn open_raw(location: &Location) -> Result<TableWriter, protolake::sink::SinkError> {
     TableWriter::open_or_create(
-        &location.into(),
+        location,
         raw_schema(),
         vec![EVENT_DATE.into()],
         Default::default(),
@@ -211,12 +235,10 @@ fn split_by_day(rows: &[Row]) -> Vec<Vec<Row>> {
 }
 
 /// Rows of a table's day, keyed by id; a duplicate id fails the test.
-fn read_day(rt: &tokio::runtime::Runtime, location: &Path, day: &str) -> BTreeMap<String, (String, Option<i64>)> {
+fn read_day(rt: &tokio::runtime::Runtime, location: &Location, day: &str) -> BTreeMap<String, (String, Option<i64>)> {
     use deltalake::datafusion::prelude::SessionContext;
     rt.block_on(async {
-        let url = deltalake::ensure_table_uri(location.display().to_string()).unwrap();
-        let mut table = deltalake::DeltaTable::try_from_url(url).await.unwrap();
-        table.load().await.unwrap();
+        let Some(table) = protolake::sink::open_table(location, None).await.unwrap() else { return BTreeMap::new() };
         let ctx = SessionContext::new();
         ctx.register_table("t", table.table_provider().await.unwrap()).unwrap();
         let batches = ctx
@@ -234,7 +256,7 @@ fn read_day(rt: &tokio::runtime::Runtime, location: &Path, day: &str) -> BTreeMa
             for i in 0..b.num_rows() {
                 let id = ids.as_string::<i32>().value(i).to_string();
                 let value = (notes.as_string::<i32>().value(i).to_string(), (!ts.is_null(i)).then(|| ts.value(i)));
-                assert!(out.insert(id.clone(), value).is_none(), "{id} appears twice in {}", location.display());
+                assert!(out.insert(id.clone(), value).is_none(), "{id} appears twice in {location}");
             }
         }
         out
@@ -499,7 +521,7 @@ fn a_run_racing_appenders_publishes_exactly_the_snapshot_it_read_and_a_rerun_cat
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let appender = {
         let stop = stop.clone();
-        let location = f.raw().display().to_string();
+        let location = f.raw.clone();
         std::thread::spawn(move || {
             let rt = runtime();
             let mut round = 1i64;
@@ -612,7 +634,7 @@ fn two_runs_of_one_day_at_once_publish_it_once() {
 #[test]
 fn writers_creating_one_table_at_the_same_moment_all_open_it() {
     let dir = tempfile::tempdir().unwrap();
-    let location = dir.path().join("t").display().to_string();
+    let location = Location::new(dir.path().join("t").display().to_string());
     let rt = runtime();
     let opened = rt.block_on(async {
         let open = || {
@@ -628,5 +650,27 @@ fn writers_creating_one_table_at_the_same_moment_all_open_it() {
     });
     for result in opened {
         assert_eq!(result.unwrap(), Some(0), "every writer sees the one created table");
+    }
+}
+
+#[test]
+fn a_day_on_s3_or_azure_closes_as_on_disk() {
+    for (name, root, options) in common::object_stores("books") {
+        let f = Fixture::on(Some((&root, &options)));
+        let t = |h: i64| DAY_START + h * HOUR;
+        let mut rows = Vec::new();
+        for i in 0..500i64 {
+            let id = format!("k{i:04}");
+            rows.push(row(&id, t(i % 24), "first", kafka((i % 3) as i32, i)));
+            if i % 5 == 0 {
+                rows.push(row(&id, t(i % 24) + 1, "corrected", kafka((i % 3) as i32, 1000 + i)));
+            }
+        }
+        f.append(&rows);
+        let report = f.close_day();
+        assert_eq!(report["outcome"], "published", "{name}: {report}");
+        assert_eq!(report["duplicates_removed"], 100, "{name}: {report}");
+        assert_eq!(f.final_rows(DAY), expected_winners(&rows, day_of(DAY)), "{name}");
+        assert_eq!(f.close_day()["outcome"], "unchanged", "{name}");
     }
 }

@@ -745,18 +745,30 @@ fn an_s3_outage_stalls_ingestion_and_it_resumes_without_loss_or_doubles() {
     let direct = Location::with_options(format!("{root}/ads"), direct_options).unwrap();
     let n = 3000;
     produce(&broker.producer(), &topic, partitions, 0..1000, &|_| false);
-    let mut child = lake.start(&[], "daemon.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut child = lake.start(&["--metrics-address", &metrics], "daemon.log");
     wait_for_rows(&direct, 500, Duration::from_secs(120));
 
     relay.set_up(false);
     produce(&broker.producer(), &topic, partitions, 1000..n, &|_| false);
-    std::thread::sleep(Duration::from_secs(8));
+    let readiness = |want: u16, limit: Duration| {
+        let started = Instant::now();
+        while http_get(&metrics, "/readyz").0 != want {
+            assert!(started.elapsed() < limit, "/readyz never answered {want}:\n{}", lake.log("daemon.log"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Not ready while commits fail.
+    readiness(503, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(5));
     assert!(child.try_wait().unwrap().is_none(), "the daemon exited during the outage:\n{}", lake.log("daemon.log"));
     let during = offsets(&direct).len();
     assert!(during < n, "everything was committed although the store was unreachable");
     relay.set_up(true);
 
     wait_for_rows(&direct, n, Duration::from_secs(180));
+    readiness(200, Duration::from_secs(60));
     assert!(terminate(&mut child).success(), "{}", lake.log("daemon.log"));
     let log = lake.log("daemon.log");
     assert!(log.contains("commit failed"), "the outage never reached a commit:\n{log}");
