@@ -329,8 +329,7 @@ fn ad_hoc_backfill_needs_no_config_and_refuses_mixed_flags() {
 #[test]
 fn backfill_writes_to_s3_and_azure_and_a_rerun_adds_nothing() {
     for (name, root, options) in common::object_stores("backfill") {
-        let storage =
-            format!("[storage]\n{}", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>());
+        let storage = common::storage_section(&options);
         let location = format!("{root}/ads");
         let f = Fixture::at(&location, &storage);
         let input = f.input("day1.pb", 600, &[3, 333]);

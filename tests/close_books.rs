@@ -139,10 +139,7 @@ impl Fixture {
     fn on(store: Option<(&str, &BTreeMap<String, String>)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (location, storage) = match store {
-            Some((root, options)) => (
-                format!("{root}/events"),
-                format!("[storage]\n{}", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>()),
-            ),
+            Some((root, options)) => (format!("{root}/events"), common::storage_section(options)),
             None => ("lake/events".to_string(), String::new()),
         };
         let config = format!(

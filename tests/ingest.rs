@@ -159,10 +159,7 @@ impl Lake {
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (location, storage) = match store {
-            Some((root, options)) => (
-                format!("{root}/ads"),
-                format!("[storage]\n{}\n", options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>()),
-            ),
+            Some((root, options)) => (format!("{root}/ads"), common::storage_section(options)),
             None => ("lake/ads".to_string(), String::new()),
         };
         let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");

@@ -177,9 +177,9 @@ fn a_store_that_overwrites_on_create_is_reported_at_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     let config = format!(
-        "[storage]\n{}\n[tables.ads]\nproto = [\"{proto}/protolake/examples/v1/events.proto\"]\ninclude = [\"{proto}\"]\n\
+        "{}\n[tables.ads]\nproto = [\"{proto}/protolake/examples/v1/events.proto\"]\ninclude = [\"{proto}\"]\n\
          message = \"protolake.examples.v1.AdImpression\"\ncontract_dir = \"\"\nlocation = \"{root}/ads\"\n",
-        options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect::<String>(),
+        common::storage_section(&options),
         proto = proto.display(),
     );
     std::fs::write(dir.path().join("protolake.toml"), config).unwrap();

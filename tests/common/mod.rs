@@ -527,10 +527,10 @@ pub fn object_stores(prefix: &str) -> Vec<(&'static str, String, std::collection
     ]
 }
 
-/// Options as a TOML inline table.
-pub fn toml_inline(options: &std::collections::BTreeMap<String, String>) -> String {
-    let pairs: Vec<String> = options.iter().map(|(k, v)| format!("{k:?} = {v:?}")).collect();
-    format!("{{ {} }}", pairs.join(", "))
+/// Options as the `[storage]` section of a config file.
+pub fn storage_section(options: &std::collections::BTreeMap<String, String>) -> String {
+    let lines: String = options.iter().map(|(k, v)| format!("{k:?} = {v:?}\n")).collect();
+    format!("[storage]\n{lines}")
 }
 
 /// Column values (as text) of every row of the Delta table at `location`, read from its Parquet
