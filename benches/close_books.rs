@@ -107,6 +107,7 @@ fn table_config(location: &str) -> TableConfig {
         checkpoint_interval: 100,
         final_location: format!("{location}_final").into(),
         close_books: CloseBooksConfig::default(),
+        zorder_by: Vec::new(),
     }
 }
 

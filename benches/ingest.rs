@@ -150,6 +150,7 @@ fn main() {
         checkpoint_interval: 100,
         final_location: format!("{location}_final").into(),
         close_books: Default::default(),
+        zorder_by: Vec::new(),
     };
     let kafka = KafkaConfig {
         properties: [("bootstrap.servers".to_string(), servers.clone())].into(),

@@ -41,6 +41,17 @@ pub enum Command {
     /// Exit codes: 0 closed (or unchanged), 1 failed, 2 bad arguments, 3 the day is still open
     /// (try later), 4 another run published the same day meanwhile.
     CloseBooks(CloseBooksArgs),
+    /// What an operator asks first about a table: versions, files and sizes, partitions,
+    /// contract version, the Kafka offset of each partition, the last close-of-books runs.
+    Inspect(InspectArgs),
+    /// Compact a table's small files into files near its target size (flush.target_file_size),
+    /// optionally Z-ordered. Safe while the daemon ingests: no row is added or lost, and the
+    /// recorded Kafka offsets stay as they are.
+    Optimize(OptimizeArgs),
+    /// Delete files that no table version younger than the retention needs (removed by
+    /// compaction or close-books, or never committed). Refuses a retention shorter than the
+    /// table's delta.deletedFileRetentionDuration (7 days by default) unless --force.
+    Vacuum(VacuumArgs),
     /// Generate sample ad-impression events (some duplicated, some invalid), ingest them into
     /// ./lake/ through the real pipeline, and show how to query the result.
     Quickstart(QuickstartArgs),
@@ -114,6 +125,73 @@ pub struct CloseBooksArgs {
     #[arg(long)]
     pub force: bool,
     /// Print each day's report as one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The config file.
+    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
+    pub config: PathBuf,
+    /// Table name in the config file.
+    #[arg(long, value_name = "NAME")]
+    pub table: String,
+    /// How many close-of-books runs to list.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub close_runs: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct OptimizeArgs {
+    /// The config file.
+    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
+    pub config: PathBuf,
+    /// Table name in the config file.
+    #[arg(long, value_name = "NAME")]
+    pub table: String,
+    /// Which of the table's Delta tables.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub which: protolake::maintenance::Which,
+    /// Only this day's partition (event_date).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub date: Option<chrono::NaiveDate>,
+    /// Z-order by these columns (comma-separated); default: the table's optimize.zorder_by.
+    #[arg(long, value_name = "COL,...", value_delimiter = ',')]
+    pub zorder_by: Vec<String>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct VacuumArgs {
+    /// The config file.
+    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
+    pub config: PathBuf,
+    /// Table name in the config file.
+    #[arg(long, value_name = "NAME")]
+    pub table: String,
+    /// Which of the table's Delta tables.
+    #[arg(long, value_enum, default_value = "raw")]
+    pub which: protolake::maintenance::Which,
+    /// Keep files needed by versions younger than this (e.g. 7d, 48h); default: the table's
+    /// delta.deletedFileRetentionDuration. Never under 1h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub retention: Option<std::time::Duration>,
+    /// Allow a retention shorter than the table's delta.deletedFileRetentionDuration.
+    #[arg(long)]
+    pub force: bool,
+    /// Also delete files no commit ever referenced (left by runs killed before their commit).
+    #[arg(long)]
+    pub full: bool,
+    /// List what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
 }

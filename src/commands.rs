@@ -13,7 +13,9 @@ use protolake::decode::{DecodeOptions, Decoder};
 use protolake::location::{Location, Scheme};
 use protolake::validate::{validator_for, RecordValidator};
 
-use crate::cli::{load_pool, BackfillArgs, CloseBooksArgs, IngestArgs, TableArgs};
+use crate::cli::{
+    load_pool, BackfillArgs, CloseBooksArgs, IngestArgs, InspectArgs, OptimizeArgs, TableArgs, VacuumArgs,
+};
 
 /// Builds the decoder of a configured table and the validator of its `buf.validate` rules.
 pub fn table_decoder(table: &TableConfig) -> Result<(Decoder, Option<RecordValidator>)> {
@@ -537,4 +539,147 @@ fn print_report(r: &protolake::close_books::Report) {
             }
         }
     }
+}
+
+/// Bytes in the units people read (KiB, MiB, GiB).
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+fn millis_to_text(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or("-".into(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+pub async fn inspect(args: &InspectArgs) -> Result<ExitCode> {
+    init_logging("text", "error,protolake=warn");
+    let config = Config::load(&args.config)?;
+    let table = config.table(&args.table)?;
+    let report = protolake::maintenance::inspect(table, args.close_runs).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("table {}", report.table);
+    for (label, summary, location) in [
+        ("raw", &report.raw, &table.location),
+        ("dead letters", &report.dlq, &table.dlq_location),
+        ("final", &report.r#final, &table.final_location),
+    ] {
+        let Some(s) = summary else {
+            println!("  {label}: no table yet at {location}");
+            continue;
+        };
+        println!(
+            "  {label}: {} — version {}, last commit {} ({})",
+            s.location,
+            s.version,
+            millis_to_text(s.last_commit_ms),
+            s.last_operation.as_deref().unwrap_or("-")
+        );
+        println!(
+            "    {} files, {}, {} rows; {} small (< 1/4 of the target size); contract {}; checkpoint every {} commits",
+            s.files,
+            human_bytes(s.bytes),
+            s.rows.map_or("?".into(), |r| r.to_string()),
+            s.small_files,
+            s.contract_version.as_deref().unwrap_or("none (ad-hoc)"),
+            s.checkpoint_interval
+        );
+        if !s.partitions.is_empty() {
+            let shown = s.partitions.len().min(7);
+            println!("    {} partitions; the newest {shown}:", s.partitions.len());
+            for p in s.partitions.iter().rev().take(shown) {
+                println!(
+                    "      {}: {} files, {}, {} rows",
+                    p.partition,
+                    p.files,
+                    human_bytes(p.bytes),
+                    p.rows.map_or("?".into(), |r| r.to_string())
+                );
+            }
+        }
+    }
+    match &report.topic {
+        None => println!("  no Kafka topic configured"),
+        Some(topic) if report.kafka_offsets.is_empty() => println!("  Kafka {topic}: no offset committed yet"),
+        Some(topic) => {
+            println!("  Kafka {topic}: last offset in the table (the daemon resumes after it)");
+            for (p, o) in &report.kafka_offsets {
+                println!("    partition {p}: {o}");
+            }
+        }
+    }
+    if report.close_books_runs.is_empty() {
+        println!("  close-books: no day published yet");
+    } else {
+        println!("  close-books, newest first:");
+        for r in &report.close_books_runs {
+            println!(
+                "    {} at {}: {} published, {} duplicates removed, {} invalid, {} late (raw version {})",
+                r.date,
+                millis_to_text(r.at_ms),
+                r.rows_published.map_or("?".into(), |v| v.to_string()),
+                r.duplicates_removed.map_or("?".into(), |v| v.to_string()),
+                r.rows_invalid.map_or("?".into(), |v| v.to_string()),
+                r.late_rows.map_or("-".into(), |v| v.to_string()),
+                r.source_version.map_or("?".into(), |v| v.to_string()),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn optimize(args: &OptimizeArgs) -> Result<ExitCode> {
+    init_logging("text", "error,protolake=warn");
+    let config = Config::load(&args.config)?;
+    let table = config.table(&args.table)?;
+    let zorder = if args.zorder_by.is_empty() { table.zorder_by.clone() } else { args.zorder_by.clone() };
+    let report = protolake::maintenance::optimize(table, args.which, args.date, &zorder).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "optimize {}: {} files compacted into {} in {} partition(s){}; version {}",
+            report.location,
+            report.files_removed,
+            report.files_added,
+            report.partitions_optimized,
+            if zorder.is_empty() { String::new() } else { format!(", Z-ordered by {}", zorder.join(", ")) },
+            report.version
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn vacuum(args: &VacuumArgs) -> Result<ExitCode> {
+    init_logging("text", "error,protolake=warn");
+    let config = Config::load(&args.config)?;
+    let table = config.table(&args.table)?;
+    let location = args.which.location(table);
+    let report = protolake::maintenance::vacuum(location, args.retention, args.force, args.full, args.dry_run).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let verb = if report.dry_run { "would delete" } else { "deleted" };
+        println!(
+            "vacuum {}: {verb} {} file(s) older than {:.1}h",
+            report.location, report.files_deleted, report.retention_hours
+        );
+        for f in &report.examples {
+            println!("  {f}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -133,6 +133,8 @@ pub struct TableConfig {
     /// Where `close-books` publishes the deduplicated days (`<location>_final` by default).
     pub final_location: Location,
     pub close_books: CloseBooksConfig,
+    /// Columns `optimize` Z-orders the files by (empty: plain compaction).
+    pub zorder_by: Vec<String>,
 }
 
 /// Settings of `close-books` for one table.
@@ -283,6 +285,15 @@ struct RawTable {
     close_books: RawCloseBooks,
     #[serde(default)]
     storage: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    optimize: RawOptimize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOptimize {
+    #[serde(default)]
+    zorder_by: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -715,6 +726,7 @@ fn validate_table(
         checkpoint_interval,
         final_location,
         close_books,
+        zorder_by: t.optimize.zorder_by,
     })
 }
 

@@ -18,6 +18,8 @@ pub mod decode;
 #[cfg(feature = "kafka")]
 pub mod ingest;
 pub mod location;
+#[cfg(feature = "delta")]
+pub mod maintenance;
 #[cfg(feature = "kafka")]
 pub mod metrics;
 pub mod pipeline;

@@ -25,6 +25,9 @@ fn main() -> ExitCode {
             Command::Backfill(args) => commands::backfill(args).await,
             Command::Ingest(args) => commands::ingest(args).await,
             Command::CloseBooks(args) => commands::close_books(args).await,
+            Command::Inspect(args) => commands::inspect(args).await,
+            Command::Optimize(args) => commands::optimize(args).await,
+            Command::Vacuum(args) => commands::vacuum(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
         }
     });

@@ -198,6 +198,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         checkpoint_interval: 100,
         final_location: format!("{}_final", location).into(),
         close_books: Default::default(),
+        zorder_by: Vec::new(),
     };
     let kafka = KafkaConfig {
         properties: [("bootstrap.servers".to_string(), cluster.bootstrap_servers())].into(),

@@ -771,3 +771,67 @@ fn an_s3_outage_stalls_ingestion_and_it_resumes_without_loss_or_doubles() {
     assert!(log.contains("commit failed"), "the outage never reached a commit:\n{log}");
     assert_offsets(&offsets(&direct), &expected_offsets(0..n, partitions, &|_| true), &log);
 }
+
+/// Runs a maintenance command of the binary in the lake folder and parses its `--json` output.
+fn maintenance(lake: &Lake, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_protolake"))
+        .args(args)
+        .args(["--config", "protolake.toml", "--table", "ads", "--json"])
+        .current_dir(lake.path())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{args:?}: {text}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+}
+
+#[test]
+fn compaction_racing_the_daemon_loses_and_doubles_nothing() {
+    let broker = broker();
+    let topic = unique("compact");
+    let partitions = 2;
+    broker.create_topic(&topic, partitions);
+    let n = 8000;
+    // Small commits, so there is plenty to compact while the daemon goes on.
+    let lake = Lake::new(&broker, &topic, r#"{ max_rows = 150, max_latency = "100ms" }"#, "");
+    produce(&broker.producer(), &topic, partitions, 0..n / 2, &|_| false);
+    let mut child = lake.start(&[], "daemon.log");
+    wait_for_rows(&lake.table(), 500, Duration::from_secs(120));
+    let producer = {
+        let servers = broker.servers.clone();
+        let topic = topic.clone();
+        let real = broker.mock.is_none();
+        std::thread::spawn(move || {
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &servers)
+                .set("batch.num.messages", if real { "1" } else { "10000" })
+                .set("enable.idempotence", "false")
+                .create()
+                .unwrap();
+            produce(&producer, &topic, partitions, n / 2..n, &|_| false);
+        })
+    };
+    let mut compacted = 0;
+    let mut rounds = 0;
+    while offsets(&lake.table()).len() < n && rounds < 200 {
+        let report = maintenance(&lake, &["optimize"]);
+        compacted += report["files_removed"].as_u64().unwrap();
+        rounds += 1;
+    }
+    producer.join().unwrap();
+    wait_for_rows(&lake.table(), n, Duration::from_secs(180));
+    let last = maintenance(&lake, &["optimize"]);
+    compacted += last["files_removed"].as_u64().unwrap();
+    assert!(terminate(&mut child).success(), "{}", lake.log("daemon.log"));
+    assert!(compacted > 0, "no optimize run compacted anything in {rounds} rounds");
+    assert_offsets(&offsets(&lake.table()), &expected_offsets(0..n, partitions, &|_| true), &lake.log("daemon.log"));
+
+    // inspect reports the offsets the table holds: the last of each partition.
+    let seen = maintenance(&lake, &["inspect"]);
+    for p in 0..partitions {
+        let last = expected_offsets(0..n, partitions, &|_| true).iter().filter(|(q, _)| *q == p).map(|(_, o)| *o).max();
+        assert_eq!(seen["kafka_offsets"][p.to_string()].as_i64(), last, "partition {p}: {seen}");
+    }
+    assert_eq!(seen["raw"]["rows"], n as u64, "{seen}");
+    eprintln!("{rounds} optimize runs while ingesting compacted {compacted} files");
+}

@@ -80,7 +80,8 @@ pub struct TableWriter {
     target_file_size: u64,
 }
 
-fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
+/// The Parquet settings protolake writes with (zstd, page statistics, row groups, dictionaries).
+pub fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
     let level = ZstdLevel::try_new(options.zstd_level).unwrap_or_default();
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))

@@ -7,7 +7,9 @@
 mod delta;
 mod dlq;
 
-pub use delta::{open_table, table_schema_at, CommitInfo, Committed, Replaced, SinkError, TablePair, TableWriter};
+pub use delta::{
+    open_table, parquet_properties, table_schema_at, CommitInfo, Committed, Replaced, SinkError, TablePair, TableWriter,
+};
 pub use dlq::{dead_letter_batch, dlq_schema};
 
 pub use crate::location::Location;
