@@ -48,14 +48,15 @@ if [ -n "$missing" ]; then
   fi
 fi
 
-# Python readers for the reader tests (the deltalake package and polars), in a venv in the cache.
 VENV="$CACHE/venv"
 TOOLS_DIR="$CACHE/tools"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" || { need apt-get && apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$VENV"; }
 fi
-"$VENV/bin/python" -c "import deltalake, polars, pyarrow" 2>/dev/null ||
-  "$VENV/bin/pip" install -q "deltalake==1.6.6" "polars==2.1.0" "pyarrow>=18"
+# Python readers for the reader tests: the deltalake package, polars, and a Spark-API engine
+# (Sail, a Spark Connect server, driven by the PySpark client), in a venv in the cache.
+"$VENV/bin/python" -c "import deltalake, polars, pyarrow, pysail, pyspark" 2>/dev/null ||
+  "$VENV/bin/pip" install -q "deltalake==1.6.6" "polars==2.1.0" "pyarrow>=18" "pysail==0.7.2" "pyspark-client==4.1.1"
 export PROTOLAKE_PYTHON="$VENV/bin/python"
 
 # Object stores for the storage tests: an S3-compatible server (moto, which answers

@@ -389,3 +389,207 @@ fn storage_options_are_checked_before_anything_is_written() {
     assert!(!out.status.success());
     assert!(text(&out).contains("--storage-option applies to object stores"), "{}", text(&out));
 }
+
+/// What the Spark API (PySpark against Sail) sees in tables, with the files its plans read for
+/// each filter.
+fn read_with_spark(tables: &[&Path], key: &str, filters: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_spark.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(tables)
+        .env("KEY_COLUMN", key)
+        .env("FILTERS", serde_json::to_string(filters).unwrap())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "Spark reader failed (scripts/test.sh installs pysail and pyspark-client):\n{}",
+        text(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("reader prints JSON")
+}
+
+#[test]
+fn spark_polars_and_deltalake_read_every_column_kind_and_skip_files() {
+    use prost_reflect::{DynamicMessage, MapKey, Value as V};
+    let (_, pool) = common::compile("readers.proto");
+    let desc = pool.get_message_by_name("protolake.tests.readers.Reading").unwrap();
+    let place = pool.get_message_by_name("protolake.tests.readers.Reading.Place").unwrap();
+    let line = pool.get_message_by_name("protolake.tests.readers.Reading.Line").unwrap();
+    let ts = pool.get_message_by_name("google.protobuf.Timestamp").unwrap();
+    const BASE: i64 = 1_763_596_800; // 2025-11-20T00:00:00Z
+    let reading = |i: u64, score: f64| {
+        let mut m = DynamicMessage::new(desc.clone());
+        m.set_field_by_name("id", V::String(format!("r-{i:04}")));
+        let mut at = DynamicMessage::new(ts.clone());
+        at.set_field_by_name("seconds", V::I64(BASE + i as i64 * 1080)); // 80 a day
+        m.set_field_by_name("at", V::Message(at));
+        let mut p = DynamicMessage::new(place.clone());
+        p.set_field_by_name("city", V::String(format!("c{}", i % 5)));
+        if i % 2 == 0 {
+            p.set_field_by_name("postcode", V::String(format!("{:05}", i)));
+        }
+        m.set_field_by_name("place", V::Message(p));
+        let lines = (0..i % 3)
+            .map(|j| {
+                let mut l = DynamicMessage::new(line.clone());
+                l.set_field_by_name("sku", V::String(format!("s{j}")));
+                l.set_field_by_name("quantity", V::I32(j as i32 + 1));
+                V::Message(l)
+            })
+            .collect();
+        m.set_field_by_name("lines", V::List(lines));
+        m.set_field_by_name(
+            "counters",
+            V::Map(
+                [(MapKey::String("a".into()), V::I64(i as i64)), (MapKey::String("b".into()), V::I64(-(i as i64)))]
+                    .into(),
+            ),
+        );
+        m.set_field_by_name("big", V::U64(u64::MAX - i));
+        m.set_field_by_name("payload", V::Bytes(vec![i as u8, 0xff, 0].into()));
+        m.set_field_by_name("score", V::F64(score));
+        prost::Message::encode_to_vec(&m)
+    };
+    // Two archive files, backfilled one after the other: two commits over three days.
+    let (mut first, mut input) = (Vec::new(), Vec::new());
+    for i in 0..240u64 {
+        let file = if i < 125 { &mut first } else { &mut input };
+        protolake::source::file::write_delimited(file, &reading(i, i as f64 / 4.0)).unwrap();
+    }
+    // Redeliveries of ten records (a later record of the same key wins at close-of-books) and
+    // one record whose id is not UTF-8 (a dead letter).
+    for i in 48..58u64 {
+        protolake::source::file::write_delimited(&mut input, &reading(i, 1000.0 + i as f64)).unwrap();
+    }
+    let mut bad = reading(240, 0.0);
+    bad.extend_from_slice(&[0x0a, 0x02, 0xc3, 0x28]);
+    protolake::source::file::write_delimited(&mut input, &bad).unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    // PROTOLAKE_KEEP_LAKE keeps the folder for a look afterwards.
+    let _cleanup = if std::env::var_os("PROTOLAKE_KEEP_LAKE").is_some() {
+        eprintln!("lake kept in {}", root.display());
+        #[allow(deprecated)]
+        let _ = tmp.into_path();
+        None
+    } else {
+        Some(tmp)
+    };
+    let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/protos");
+    std::fs::write(
+        root.as_path().join("protolake.toml"),
+        format!(
+            "[tables.readings]\nproto = [\"{p}/readers.proto\"]\ninclude = [\"{p}\"]\nmessage = \"protolake.tests.readers.Reading\"\n\
+             contract_dir = \"\"\nlocation = \"lake/readings\"\nevent_time = {{ field = \"at\" }}\nkey = [\"id\"]\n\n",
+            p = protos.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.as_path().join("readings-1.pb"), first).unwrap();
+    std::fs::write(root.as_path().join("readings-2.pb"), input).unwrap();
+    for file in ["readings-1.pb", "readings-2.pb"] {
+        let out = protolake(
+            &["backfill", "--config", "protolake.toml", "--table", "readings", "--input", file],
+            root.as_path(),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = protolake(
+        &["close-books", "--config", "protolake.toml", "--table", "readings", "--date", "2025-11-20"],
+        root.as_path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let (raw, dlq, fin) = (
+        root.as_path().join("lake/readings"),
+        root.as_path().join("lake/readings_dlq"),
+        root.as_path().join("lake/readings_final"),
+    );
+    let day = "event_date = DATE'2025-11-21'";
+    let one_key = "id = 'r-0150'";
+    // Beyond what an i64 or an f64 holds exactly: statistics written through them would make a
+    // reader skip files that hold such rows.
+    let wide = "big > 18446744073709551500";
+    let spark = read_with_spark(&[&raw, &dlq, &fin], "id", &[day, one_key, wide]);
+    let of = |p: &Path| &spark[p.to_str().unwrap()];
+
+    // Schema: every kind of column as Spark types it.
+    let schema = of(&raw)["schema"].as_str().unwrap();
+    for part in [
+        "id:string",
+        "at:timestamp",
+        "place:struct<city:string,postcode:string>",
+        "lines:array<struct<sku:string,quantity:int>>",
+        "counters:map<string,bigint>",
+        "big:decimal(20,0)",
+        "payload:binary",
+        "score:double",
+        "_source_file:string",
+        "_source_index:bigint",
+        "event_date:date",
+    ] {
+        assert!(schema.contains(part), "{part} not in {schema}");
+    }
+    assert_eq!(of(&fin)["schema"], of(&raw)["schema"], "the final table has the raw table's columns");
+    assert!(of(&dlq)["schema"].as_str().unwrap().contains("raw:binary"), "{}", of(&dlq)["schema"]);
+
+    // Values: one row in full.
+    assert_eq!(of(&raw)["rows"], 250);
+    let rows = of(&raw)["rows_json"].as_array().unwrap();
+    let r = rows.iter().find(|r| r["id"] == "r-0151").unwrap();
+    assert_eq!(r["at"].as_str().unwrap()[..19], *"2025-11-21T21:18:00", "{r}");
+    assert_eq!(r["place"], serde_json::json!({"city": "c1", "postcode": null}), "{r}");
+    assert_eq!(r["lines"], serde_json::json!([{"sku": "s0", "quantity": 1}]), "{r}");
+    assert_eq!(r["counters"], serde_json::json!({"a": 151, "b": -151}), "{r}");
+    assert_eq!(r["big"], (u64::MAX - 151).to_string(), "{r}");
+    assert_eq!(r["payload"], "l/8A", "bytes 151, 255, 0 in base64: {r}");
+    assert_eq!(r["score"], 37.75);
+    assert_eq!(r["event_date"], "2025-11-21");
+    assert_eq!(rows.iter().find(|r| r["id"] == "r-0150").unwrap()["place"]["postcode"], "00150");
+
+    // Dead letters and the final table.
+    assert_eq!(of(&dlq)["rows"], 1, "{}", of(&dlq));
+    let published = of(&fin)["rows_json"].as_array().unwrap();
+    assert_eq!(published.len(), 80, "2025-11-20 holds records 0..80 once each");
+    for r in published.iter().filter(|r| (48..58).contains(&r["id"].as_str().unwrap()[2..].parse::<u64>().unwrap())) {
+        assert!(r["score"].as_f64().unwrap() >= 1000.0, "the redelivery (the later record) wins: {r}");
+    }
+
+    // The readers skip files: the day's filter reads only that partition's files, the key's
+    // filter only the files whose statistics may hold it.
+    let files = of(&raw)["files"].as_u64().unwrap();
+    let by_day = &of(&raw)["filtered"][day];
+    let by_key = &of(&raw)["filtered"][one_key];
+    // Two commits over three days: five files (DataFusion's plans list up to
+    // five files per group, so the counts below are exact).
+    assert_eq!(files, 5, "{}", of(&raw));
+    assert_eq!(by_day["rows"], 80, "{by_day}");
+    assert!(by_day["files"].as_u64().unwrap() < files, "the event_date filter read every file: {by_day} of {files}");
+    assert_eq!(by_key["rows"], 1, "{by_key}");
+    assert!(by_key["files"].as_u64().unwrap() < files, "the key filter read every file: {by_key} of {files}");
+
+    assert_eq!(of(&raw)["filtered"][wide]["rows"], 125, "records 0..115 and 10 redeliveries: {}", of(&raw)["filtered"]);
+
+    // After compaction (delta-rs writes those files) the values and the filters still hold.
+    let out = protolake(&["optimize", "--config", "protolake.toml", "--table", "readings", "--json"], root.as_path());
+    assert!(out.status.success(), "{}", text(&out));
+    let compacted: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(compacted["files_removed"], 4, "the two days with two files each: {compacted}");
+    let again = read_with_spark(&[&raw], "id", &[wide, one_key]);
+    let again = &again[raw.to_str().unwrap()];
+    assert!(again["files"].as_u64().unwrap() < files, "compaction left {} files of {files}", again["files"]);
+    assert_eq!(again["filtered"][wide]["rows"], 125, "{again}");
+    assert_eq!(again["filtered"][one_key]["rows"], 1, "{again}");
+    let r = again["rows_json"].as_array().unwrap().iter().find(|r| r["id"] == "r-0151").unwrap();
+    assert_eq!(r["big"], (u64::MAX - 151).to_string(), "{r}");
+
+    // delta-rs and polars agree with Spark on the rows.
+    let seen = read_with_python(&raw, "id");
+    let spark_ids: Vec<String> = rows.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    for reader in ["deltalake", "polars"] {
+        assert_eq!(seen[reader]["rows"], 250, "{reader}");
+        assert_eq!(seen[reader]["keys"], serde_json::json!(spark_ids), "{reader}");
+    }
+}

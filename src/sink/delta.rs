@@ -82,6 +82,12 @@ pub struct TableWriter {
 
 /// The Parquet settings protolake writes with (zstd, page statistics, row groups, dictionaries).
 pub fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
+    parquet_properties_builder(options).build()
+}
+
+fn parquet_properties_builder(
+    options: &ParquetOptions,
+) -> deltalake::parquet::file::properties::WriterPropertiesBuilder {
     let level = ZstdLevel::try_new(options.zstd_level).unwrap_or_default();
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
@@ -93,6 +99,20 @@ pub fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
             column.split('.').map(str::to_string).collect::<Vec<_>>(),
         );
         builder = builder.set_column_dictionary_enabled(path, false);
+    }
+    builder
+}
+
+/// [`parquet_properties`] for files that delta-rs's own operations write (compaction): no
+/// statistics for the columns of [`wide_decimal_paths`], whose Delta statistics delta-rs would
+/// get wrong; the files protolake commits itself keep them and lose only those Delta min/max.
+pub fn parquet_properties_for(options: &ParquetOptions, schema: &arrow::datatypes::Schema) -> WriterProperties {
+    let mut builder = parquet_properties_builder(options);
+    for path in wide_decimal_paths(schema) {
+        builder = builder.set_column_statistics_enabled(
+            deltalake::parquet::schema::types::ColumnPath::from(path),
+            EnabledStatistics::None,
+        );
     }
     builder.build()
 }
@@ -171,6 +191,19 @@ impl TableWriter {
             writer_properties,
             target_file_size,
         })
+    }
+
+    /// Finishes the open Parquet files: their add actions, with statistics readers can trust.
+    async fn flush_files(&mut self) -> Result<Vec<deltalake::kernel::Add>, SinkError> {
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
+        let mut adds = self.writer.flush().await.map_err(err)?;
+        let wide = wide_decimal_paths(&self.schema);
+        if !wide.is_empty() {
+            for add in &mut adds {
+                add.stats = add.stats.take().map(|s| without_min_max(&s, &wide));
+            }
+        }
+        Ok(adds)
     }
 
     /// Loads the commits other writers made since this writer last looked.
@@ -267,8 +300,7 @@ impl TableWriter {
         positions: Vec<(String, i64)>,
         info: &CommitInfo,
     ) -> Result<Option<Committed>, SinkError> {
-        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        let adds = self.writer.flush().await.map_err(err)?;
+        let adds = self.flush_files().await?;
         if adds.is_empty() && positions.is_empty() {
             return Ok(None);
         }
@@ -304,8 +336,8 @@ impl TableWriter {
     ) -> Result<Replaced, SinkError> {
         use deltalake::{FilterOp, FilterValue};
         use futures::TryStreamExt;
+        let adds = self.flush_files().await?;
         let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        let adds = self.writer.flush().await.map_err(err)?;
         let filter = [(column, FilterOp::Eq, FilterValue::Scalar(value))];
         let removes: Vec<Action> = self
             .table
@@ -351,6 +383,49 @@ impl TableWriter {
         self.table.update_incremental(Some(version)).await.map_err(err)?;
         Ok(version)
     }
+}
+
+/// Decimal digits an f64 holds exactly: delta-rs writes DECIMAL statistics through an f64 (and
+/// scale-0 ones through an i64, which saturates), so the min/max of wider decimals can be wrong
+/// in either direction, and a reader skipping files by them would miss rows.
+const EXACT_DECIMAL_DIGITS: u8 = 15;
+
+/// The paths (through structs; lists and maps carry no statistics) of DECIMAL columns wider than
+/// [`EXACT_DECIMAL_DIGITS`].
+pub fn wide_decimal_paths(schema: &arrow::datatypes::Schema) -> Vec<Vec<String>> {
+    use arrow::datatypes::DataType;
+    fn walk(fields: &arrow::datatypes::Fields, prefix: &[String], out: &mut Vec<Vec<String>>) {
+        for f in fields {
+            let mut path = prefix.to_vec();
+            path.push(f.name().clone());
+            match f.data_type() {
+                DataType::Decimal128(p, _) | DataType::Decimal256(p, _) if *p > EXACT_DECIMAL_DIGITS => out.push(path),
+                DataType::Struct(children) => walk(children, &path, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(schema.fields(), &[], &mut out);
+    out
+}
+
+/// An add action's statistics without the min/max of `paths` (their null counts stay).
+fn without_min_max(stats: &str, paths: &[Vec<String>]) -> String {
+    let Ok(mut value) = serde_json::from_str::<serde_json::Value>(stats) else { return stats.to_string() };
+    for bound in ["minValues", "maxValues"] {
+        for path in paths {
+            let Some((leaf, parents)) = path.split_last() else { continue };
+            let mut node = value.get_mut(bound);
+            for p in parents {
+                node = node.and_then(|n| n.get_mut(p));
+            }
+            if let Some(serde_json::Value::Object(map)) = node {
+                map.remove(leaf);
+            }
+        }
+    }
+    value.to_string()
 }
 
 /// Where a pipeline writes: its data table and its dead-letter table.
