@@ -131,12 +131,8 @@ pub struct CloseBooksArgs {
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// The config file.
-    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
-    pub config: PathBuf,
-    /// Table name in the config file.
-    #[arg(long, value_name = "NAME")]
-    pub table: String,
+    #[command(flatten)]
+    pub target: TableArgs,
     /// How many close-of-books runs to list.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub close_runs: usize,
@@ -147,12 +143,8 @@ pub struct InspectArgs {
 
 #[derive(Args)]
 pub struct OptimizeArgs {
-    /// The config file.
-    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
-    pub config: PathBuf,
-    /// Table name in the config file.
-    #[arg(long, value_name = "NAME")]
-    pub table: String,
+    #[command(flatten)]
+    pub target: TableArgs,
     /// Which of the table's Delta tables.
     #[arg(long, value_enum, default_value = "raw")]
     pub which: protolake::maintenance::Which,
@@ -169,12 +161,8 @@ pub struct OptimizeArgs {
 
 #[derive(Args)]
 pub struct VacuumArgs {
-    /// The config file.
-    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
-    pub config: PathBuf,
-    /// Table name in the config file.
-    #[arg(long, value_name = "NAME")]
-    pub table: String,
+    #[command(flatten)]
+    pub target: TableArgs,
     /// Which of the table's Delta tables.
     #[arg(long, value_enum, default_value = "raw")]
     pub which: protolake::maintenance::Which,

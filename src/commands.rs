@@ -564,8 +564,8 @@ fn millis_to_text(ms: Option<i64>) -> String {
 
 pub async fn inspect(args: &InspectArgs) -> Result<ExitCode> {
     init_logging("text", "error,protolake=warn");
-    let config = Config::load(&args.config)?;
-    let table = config.table(&args.table)?;
+    let config = Config::load(&args.target.config)?;
+    let table = config.table(&args.target.table)?;
     let report = protolake::maintenance::inspect(table, args.close_runs).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -643,8 +643,8 @@ pub async fn inspect(args: &InspectArgs) -> Result<ExitCode> {
 
 pub async fn optimize(args: &OptimizeArgs) -> Result<ExitCode> {
     init_logging("text", "error,protolake=warn");
-    let config = Config::load(&args.config)?;
-    let table = config.table(&args.table)?;
+    let config = Config::load(&args.target.config)?;
+    let table = config.table(&args.target.table)?;
     let zorder = if args.zorder_by.is_empty() { table.zorder_by.clone() } else { args.zorder_by.clone() };
     let report = protolake::maintenance::optimize(table, args.which, args.date, &zorder).await?;
     if args.json {
@@ -665,8 +665,8 @@ pub async fn optimize(args: &OptimizeArgs) -> Result<ExitCode> {
 
 pub async fn vacuum(args: &VacuumArgs) -> Result<ExitCode> {
     init_logging("text", "error,protolake=warn");
-    let config = Config::load(&args.config)?;
-    let table = config.table(&args.table)?;
+    let config = Config::load(&args.target.config)?;
+    let table = config.table(&args.target.table)?;
     let location = args.which.location(table);
     let report = protolake::maintenance::vacuum(location, args.retention, args.force, args.full, args.dry_run).await?;
     if args.json {

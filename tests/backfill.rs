@@ -33,19 +33,24 @@ fn read_with_python(table: &Path, key: &str) -> Value {
 
 /// What the Python readers see in the table at a path or URL, given its storage options.
 fn read_with_python_at(table: &str, options: &BTreeMap<String, String>, key: &str) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_delta.py");
+    run_reader(
+        "read_delta.py",
+        &[table],
+        &[("KEY_COLUMN", key.to_string()), ("STORAGE_OPTIONS", serde_json::to_string(options).unwrap())],
+    )
+}
+
+/// Runs a reader of tests/readers (installed by scripts/test.sh; PROTOLAKE_PYTHON picks the
+/// interpreter) and parses the JSON it prints.
+fn run_reader(script: &str, args: &[&str], env: &[(&str, String)]) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers").join(script);
     let out = Command::new(python())
-        .arg(script)
-        .arg(table)
-        .env("KEY_COLUMN", key)
-        .env("STORAGE_OPTIONS", serde_json::to_string(options).unwrap())
+        .arg(path)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("python runs");
-    assert!(
-        out.status.success(),
-        "Python readers failed (scripts/test.sh installs deltalake and polars; PROTOLAKE_PYTHON picks the interpreter):\n{}",
-        text(&out)
-    );
+    assert!(out.status.success(), "{script} failed:\n{}", text(&out));
     serde_json::from_slice(&out.stdout).expect("reader prints JSON")
 }
 
@@ -393,20 +398,12 @@ fn storage_options_are_checked_before_anything_is_written() {
 /// What the Spark API (PySpark against Sail) sees in tables, with the files its plans read for
 /// each filter.
 fn read_with_spark(tables: &[&Path], key: &str, filters: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/readers/read_spark.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(tables)
-        .env("KEY_COLUMN", key)
-        .env("FILTERS", serde_json::to_string(filters).unwrap())
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "Spark reader failed (scripts/test.sh installs pysail and pyspark-client):\n{}",
-        text(&out)
-    );
-    serde_json::from_slice(&out.stdout).expect("reader prints JSON")
+    let tables: Vec<&str> = tables.iter().map(|t| t.to_str().unwrap()).collect();
+    run_reader(
+        "read_spark.py",
+        &tables,
+        &[("KEY_COLUMN", key.to_string()), ("FILTERS", serde_json::to_string(filters).unwrap())],
+    )
 }
 
 #[test]
@@ -584,6 +581,25 @@ fn spark_polars_and_deltalake_read_every_column_kind_and_skip_files() {
     assert_eq!(again["filtered"][one_key]["rows"], 1, "{again}");
     let r = again["rows_json"].as_array().unwrap().iter().find(|r| r["id"] == "r-0151").unwrap();
     assert_eq!(r["big"], (u64::MAX - 151).to_string(), "{r}");
+
+    // Z-ordered by score (rewrites each day's files): same rows, same answers.
+    let out = protolake(
+        &["optimize", "--config", "protolake.toml", "--table", "readings", "--zorder-by", "score", "--json"],
+        root.as_path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let zordered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(zordered["zorder_by"], serde_json::json!(["score"]), "{zordered}");
+    assert!(zordered["files_removed"].as_u64().unwrap() > 0, "{zordered}");
+    let after = read_with_spark(&[&raw], "id", &[wide]);
+    let after = &after[raw.to_str().unwrap()];
+    let sorted = |v: &Value| {
+        let mut rows: Vec<String> = v["rows_json"].as_array().unwrap().iter().map(|r| r.to_string()).collect();
+        rows.sort();
+        rows
+    };
+    assert!(sorted(after) == sorted(again), "Z-ordering changed rows");
+    assert_eq!(after["filtered"][wide]["rows"], 125, "{after}");
 
     // delta-rs and polars agree with Spark on the rows.
     let seen = read_with_python(&raw, "id");

@@ -798,18 +798,8 @@ fn compaction_racing_the_daemon_loses_and_doubles_nothing() {
     let mut child = lake.start(&[], "daemon.log");
     wait_for_rows(&lake.table(), 500, Duration::from_secs(120));
     let producer = {
-        let servers = broker.servers.clone();
-        let topic = topic.clone();
-        let real = broker.mock.is_none();
-        std::thread::spawn(move || {
-            let producer: BaseProducer = ClientConfig::new()
-                .set("bootstrap.servers", &servers)
-                .set("batch.num.messages", if real { "1" } else { "10000" })
-                .set("enable.idempotence", "false")
-                .create()
-                .unwrap();
-            produce(&producer, &topic, partitions, n / 2..n, &|_| false);
-        })
+        let (producer, topic) = (broker.producer(), topic.clone());
+        std::thread::spawn(move || produce(&producer, &topic, partitions, n / 2..n, &|_| false))
     };
     let mut compacted = 0;
     let mut rounds = 0;
@@ -834,4 +824,25 @@ fn compaction_racing_the_daemon_loses_and_doubles_nothing() {
     }
     assert_eq!(seen["raw"]["rows"], n as u64, "{seen}");
     eprintln!("{rounds} optimize runs while ingesting compacted {compacted} files");
+
+    // vacuum: the compacted files are younger than any retention it accepts, so nothing goes;
+    // shorter retentions are refused with the reason.
+    let dry = maintenance(&lake, &["vacuum", "--dry-run", "--full"]);
+    assert_eq!(dry["files_deleted"], 0, "{dry}");
+    assert_eq!(dry["retention_hours"], 168.0, "the table's default retention: {dry}");
+    let refused = |args: &[&str], why: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_protolake"))
+            .args(args)
+            .args(["--config", "protolake.toml", "--table", "ads"])
+            .current_dir(lake.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && text.contains(why), "{args:?}: {text}");
+    };
+    refused(&["vacuum", "--retention", "2h"], "shorter than the table's delta.deletedFileRetentionDuration");
+    refused(&["vacuum", "--retention", "30m", "--force"], "below the minimum of 1h, even with --force");
+    let forced = maintenance(&lake, &["vacuum", "--retention", "1h", "--force", "--full"]);
+    assert_eq!(forced["files_deleted"], 0, "every file is younger than an hour: {forced}");
+    assert_offsets(&offsets(&lake.table()), &expected_offsets(0..n, partitions, &|_| true), "after vacuum");
 }
