@@ -76,7 +76,7 @@ fn main() {
     let cases = [
         ("young (10 commits)", "young", 10, 100),
         ("aged, checkpoint every 100", "aged", commits, 100),
-        ("aged, no checkpoint", "aged_no_checkpoint", commits, 1_000_000),
+        ("aged, no checkpoint", "aged_no_checkpoint", uncheckpointed, 1_000_000),
     ];
     println!("table_age: {commits} commits, median of {opens} opens (open + read the txn position)");
     for (label, dir, n, interval) in cases {
