@@ -250,13 +250,10 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
             let (decoder, validator) = args.descriptor.decoder_and_validator()?;
             let options: std::collections::BTreeMap<String, String> = args.storage_options.iter().cloned().collect();
             let place = |uri: String| -> Result<Location> {
-                if Scheme::of(&uri) == Scheme::Local {
-                    if !options.is_empty() {
-                        bail!("--storage-option applies to object stores; {uri} is a local path");
-                    }
-                    return Ok(Location::new(uri));
+                if Scheme::of(&uri) == Scheme::Local && !options.is_empty() {
+                    bail!("--storage-option applies to object stores; {uri} is a local path");
                 }
-                Location::with_options(uri, options.clone()).map_err(anyhow::Error::msg)
+                Location::placed(uri, &options).map_err(anyhow::Error::msg)
             };
             let location = place(absolute(&args.table))?;
             BackfillSpec {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::location::{Location, Scheme};
+use crate::location::Location;
 
 /// Errors that stop a run before it starts.
 #[derive(Debug, thiserror::Error)]
@@ -594,13 +594,7 @@ fn validate_table(
     }
     let mut options = storage.clone();
     options.extend(scalar_map(&format!("tables.{name}.storage"), t.storage, env).map_err(invalid)?);
-    let place = |uri: String| -> Result<Location, ConfigError> {
-        if Scheme::of(&uri) == Scheme::Local {
-            Ok(Location::new(uri))
-        } else {
-            Location::with_options(uri, options.clone()).map_err(invalid)
-        }
-    };
+    let place = |uri: String| Location::placed(uri, &options).map_err(invalid);
     let location = place(resolve_location(&t.location, base))?;
     let dlq_location = match t.dlq_location {
         Some(l) if l.trim().is_empty() => return Err(invalid("dlq_location is empty".into())),

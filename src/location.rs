@@ -109,6 +109,17 @@ impl Location {
         Ok(Location { uri, options })
     }
 
+    /// [`Location::with_options`] for an object store; a local location takes none, so the
+    /// options (shared by every table of a config) are left out for it.
+    pub fn placed(uri: impl Into<String>, options: &BTreeMap<String, String>) -> Result<Location, String> {
+        let uri = uri.into();
+        if Scheme::of(&uri) == Scheme::Local {
+            Ok(Location::new(uri))
+        } else {
+            Location::with_options(uri, options.clone())
+        }
+    }
+
     pub fn uri(&self) -> &str {
         &self.uri
     }
@@ -121,14 +132,15 @@ impl Location {
         self.scheme() == Scheme::Local
     }
 
+    /// The folder of a local location (a plain path, or a `file://` URL's path); None for
+    /// object stores.
+    pub fn local_path(&self) -> Option<&str> {
+        self.is_local().then(|| self.uri.strip_prefix("file://").unwrap_or(&self.uri))
+    }
+
     /// The same store, at `<uri><suffix>` (e.g. the dead-letter table beside a data table).
     pub fn sibling(&self, suffix: &str) -> Location {
         Location { uri: format!("{}{suffix}", self.uri.trim_end_matches('/')), options: self.options.clone() }
-    }
-
-    /// Another path or URL on the same store: it keeps these options.
-    pub fn at(&self, uri: impl Into<String>) -> Location {
-        Location { uri: uri.into(), options: self.options.clone() }
     }
 
     /// The option keys set (values are never exposed for display).

@@ -81,7 +81,7 @@ pub struct TableWriter {
 }
 
 /// The Parquet settings protolake writes with (zstd, page statistics, row groups, dictionaries).
-pub fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
+fn parquet_properties(options: &ParquetOptions) -> WriterProperties {
     parquet_properties_builder(options).build()
 }
 
@@ -130,8 +130,7 @@ impl TableWriter {
     ) -> Result<Self, SinkError> {
         let location = place.uri();
         let err = |cause| SinkError::Delta { location: location.to_string(), cause };
-        if place.is_local() {
-            let path = location.strip_prefix("file://").unwrap_or(location);
+        if let Some(path) = place.local_path() {
             std::fs::create_dir_all(path).map_err(|e| SinkError::Location {
                 location: location.to_string(),
                 message: format!("cannot create the folder: {e}"),
@@ -392,7 +391,7 @@ const EXACT_DECIMAL_DIGITS: u8 = 15;
 
 /// The paths (through structs; lists and maps carry no statistics) of DECIMAL columns wider than
 /// [`EXACT_DECIMAL_DIGITS`].
-pub fn wide_decimal_paths(schema: &arrow::datatypes::Schema) -> Vec<Vec<String>> {
+fn wide_decimal_paths(schema: &arrow::datatypes::Schema) -> Vec<Vec<String>> {
     use arrow::datatypes::DataType;
     fn walk(fields: &arrow::datatypes::Fields, prefix: &[String], out: &mut Vec<Vec<String>>) {
         for f in fields {
@@ -470,8 +469,7 @@ impl TablePair<'_> {
 pub async fn open_table(place: &Location, version: Option<u64>) -> Result<Option<DeltaTable>, SinkError> {
     let location = place.uri();
     let err = |cause| SinkError::Delta { location: location.to_string(), cause };
-    if place.is_local() {
-        let path = location.strip_prefix("file://").unwrap_or(location);
+    if let Some(path) = place.local_path() {
         if !std::path::Path::new(path).join("_delta_log").is_dir() {
             return Ok(None);
         }
