@@ -2,7 +2,9 @@
 //! table (zstd level 1), through the same code path as `protolake backfill`.
 //!
 //! Run: `cargo bench --bench backfill` (options: `-- --records N`, default 10,000,000;
-//! `--plain id,url` to write those columns without dictionary encoding).
+//! `--plain id,url` to write those columns without dictionary encoding; `--input FILE` keeps the
+//! generated events in FILE and reuses them on the next run; `--parts 0` skips the timing of
+//! decode and Parquet alone).
 //! Prints rows/s (and per core), input MB/s, output bytes per row and peak RSS.
 
 use std::io::Write;
@@ -37,8 +39,9 @@ fn dir_size(p: &Path) -> u64 {
 fn main() {
     let n = arg("--records", 10_000_000);
     let work = tempfile::tempdir().expect("temp dir");
-    let input = work.path().join("events.pb");
-    {
+    // `--input FILE` keeps the generated events in FILE and reuses them when it exists.
+    let input = input_path().unwrap_or_else(|| work.path().join("events.pb"));
+    if !input.exists() {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&input).unwrap());
         for i in 0..n {
             let e = flat_event(i, n);
@@ -62,7 +65,7 @@ fn main() {
         flush: FlushPolicy::default(),
         parquet: ParquetOptions { zstd_level: 1, plain_columns: plain_columns(), ..ParquetOptions::default() },
         max_record_bytes: 1 << 20,
-        inputs: vec![input],
+        inputs: vec![input.clone()],
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let cpu_before = cpu_seconds();
@@ -86,6 +89,151 @@ fn main() {
         report.commits
     );
     println!("  peak RSS {:.0} MiB", peak_rss_mib());
+    if arg("--parts", 1) == 1 {
+        components(&pool, &input, n);
+    }
+}
+
+/// Where the time goes: the same records framed and decoded alone, and the decoded payload
+/// columns Parquet-encoded alone (zstd 1, page statistics, to memory), each on this thread's CPU
+/// clock. Their sum is the floor of a backfill that adds nothing between them.
+fn components(pool: &Pool, input: &Path, n: usize) {
+    use protolake::source::file::{DelimitedReader, Frame};
+    let mut decoder = Decoder::new(pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
+    let file = std::fs::File::open(input).unwrap();
+    let mut reader = DelimitedReader::new(std::io::BufReader::with_capacity(1 << 20, file), 1 << 20);
+    let properties = deltalake::parquet::file::properties::WriterProperties::builder()
+        .set_compression(deltalake::parquet::basic::Compression::ZSTD(deltalake::parquet::basic::ZstdLevel::try_new(1).unwrap()))
+        .set_statistics_enabled(deltalake::parquet::file::properties::EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(1_048_576))
+        .build();
+    let mut writer: Option<deltalake::parquet::arrow::ArrowWriter<Vec<u8>>> = None;
+    let (mut decode_cpu, mut parquet_cpu, mut out_bytes, mut rows) = (0.0, 0.0, 0usize, 0usize);
+    loop {
+        let t = thread_cpu_seconds();
+        let mut pending = 0;
+        while pending < 65_536 {
+            match reader.next_frame().unwrap() {
+                Some((_, Frame::Record(bytes))) => {
+                    decoder.decode(bytes).unwrap();
+                    pending += 1;
+                }
+                Some(_) => unreachable!("the generated file holds whole records"),
+                None => break,
+            }
+        }
+        let batch = decoder.flush().unwrap();
+        decode_cpu += thread_cpu_seconds() - t;
+        if batch.num_rows() == 0 {
+            break;
+        }
+        rows += batch.num_rows();
+        let t = thread_cpu_seconds();
+        let w = writer.get_or_insert_with(|| {
+            deltalake::parquet::arrow::ArrowWriter::try_new(Vec::new(), batch.schema(), Some(properties.clone())).unwrap()
+        });
+        w.write(&batch).unwrap();
+        if w.in_progress_rows() == 0 || w.bytes_written() > 128 << 20 {
+            out_bytes += std::mem::take(writer.as_mut().unwrap().inner_mut()).len();
+        }
+        parquet_cpu += thread_cpu_seconds() - t;
+    }
+    let t = thread_cpu_seconds();
+    if let Some(w) = writer {
+        out_bytes += w.into_inner().unwrap().len();
+    }
+    parquet_cpu += thread_cpu_seconds() - t;
+    assert_eq!(rows, n);
+    let (pipeline_cpu, table_parquet_cpu) = pipeline_and_table_parquet(pool, input, &properties, n);
+    println!("the same records, each step alone on one thread:");
+    println!("  frame + decode: {:.0} ns/row ({:.2} M rows per CPU-second)", decode_cpu / n as f64 * 1e9, n as f64 / decode_cpu / 1e6);
+    println!(
+        "  Parquet (8 payload columns, zstd 1, page statistics, to memory): {:.0} ns/row ({:.2} M rows per CPU-second), {:.1} bytes/row",
+        parquet_cpu / n as f64 * 1e9,
+        n as f64 / parquet_cpu / 1e6,
+        out_bytes as f64 / n as f64
+    );
+    println!("  together: {:.2} M rows per CPU-second", n as f64 / (decode_cpu + parquet_cpu) / 1e6);
+    println!(
+        "  frame + decode + rules + metadata columns (the pipeline's batches): {:.0} ns/row",
+        pipeline_cpu / n as f64 * 1e9
+    );
+    println!(
+        "  Parquet of those batches (the table's {} file columns): {:.0} ns/row",
+        15,
+        table_parquet_cpu / n as f64 * 1e9
+    );
+}
+
+/// The pipeline's own batches (payload, metadata columns, event date) and their Parquet encoding
+/// (without the partition column), each on this thread's CPU clock.
+fn pipeline_and_table_parquet(
+    pool: &Pool,
+    input: &Path,
+    properties: &deltalake::parquet::file::properties::WriterProperties,
+    n: usize,
+) -> (f64, f64) {
+    use protolake::pipeline::TablePipeline;
+    use protolake::source::file::{DelimitedReader, Frame};
+    use protolake::source::Coordinates;
+    let decoder = Decoder::new(pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
+    let et = EventTime { field: "ts_ms".into(), unit: Some(TimeUnit::Milliseconds) };
+    let mut pipeline = TablePipeline::new(decoder, None, Some(&et), 1 << 20).unwrap();
+    let file = std::fs::File::open(input).unwrap();
+    let name: std::sync::Arc<str> = input.display().to_string().into();
+    let mut reader = DelimitedReader::new(std::io::BufReader::with_capacity(1 << 20, file), 1 << 20);
+    let mut writer: Option<deltalake::parquet::arrow::ArrowWriter<std::io::Sink>> = None;
+    let (mut pipeline_cpu, mut parquet_cpu, mut rows) = (0.0, 0.0, 0);
+    loop {
+        let t = thread_cpu_seconds();
+        let mut pending = 0;
+        while pending < 65_536 {
+            match reader.next_frame().unwrap() {
+                Some((index, Frame::Record(bytes))) => {
+                    pipeline.push(bytes, Coordinates::File { path: name.clone(), index });
+                    pending += 1;
+                }
+                Some(_) => unreachable!("the generated file holds whole records"),
+                None => break,
+            }
+        }
+        let (batch, _) = pipeline.take(0).unwrap();
+        pipeline_cpu += thread_cpu_seconds() - t;
+        let Some(batch) = batch else { break };
+        rows += batch.num_rows();
+        let t = thread_cpu_seconds();
+        let file_columns: Vec<usize> =
+            (0..batch.num_columns()).filter(|&i| batch.schema().field(i).name() != "event_date").collect();
+        let batch = batch.project(&file_columns).unwrap();
+        writer
+            .get_or_insert_with(|| {
+                deltalake::parquet::arrow::ArrowWriter::try_new(std::io::sink(), batch.schema(), Some(properties.clone()))
+                    .unwrap()
+            })
+            .write(&batch)
+            .unwrap();
+        parquet_cpu += thread_cpu_seconds() - t;
+    }
+    let t = thread_cpu_seconds();
+    if let Some(w) = writer {
+        w.close().unwrap();
+    }
+    parquet_cpu += thread_cpu_seconds() - t;
+    assert_eq!(rows, n);
+    (pipeline_cpu, parquet_cpu)
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec to the pointer it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+fn input_path() -> Option<std::path::PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == "--input").and_then(|i| args.get(i + 1)).map(Into::into)
 }
 
 /// `--plain id,url` writes those columns without dictionary encoding.

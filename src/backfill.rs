@@ -177,6 +177,8 @@ impl Run {
         self.report.files += 1;
         let mut reader = DelimitedReader::new(BufReader::with_capacity(1 << 20, file), self.max_record_bytes);
         let mut last_progress = 0u64;
+        // The last record pushed; it becomes the file's position when its batch is handed over.
+        let mut last = None;
         loop {
             let frame = reader.next_frame().map_err(input_err)?;
             let Some((index, frame)) = frame else { break };
@@ -202,8 +204,9 @@ impl Run {
                     headers: Vec::new(),
                 }),
             }
-            self.positions.insert(id.clone(), index);
+            last = Some(index);
             if self.pipeline.pending() >= DECODE_BATCH {
+                self.positions.insert(id.clone(), index);
                 self.hand_over().await?;
                 let read = reader.bytes_read();
                 progress.advance(read - last_progress, self.report.records);
@@ -214,6 +217,9 @@ impl Run {
                     self.commit().await?;
                 }
             }
+        }
+        if let Some(index) = last {
+            self.positions.insert(id.clone(), index);
         }
         let read = reader.bytes_read();
         progress.advance(read - last_progress, self.report.records);

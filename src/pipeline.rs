@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, StructArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int32Builder, Int64Array, Int64Builder,
+    RecordBatch, StringArray, StringBuilder, StructArray, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
@@ -271,10 +271,38 @@ impl TablePipeline {
     /// Takes the pending rows as a batch in the table schema (None when there are none) and the
     /// dead letters. `ingested_at_micros` stamps every row.
     pub fn take(&mut self, ingested_at_micros: i64) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), PipelineError> {
-        let decoded = self.decoder.flush()?;
         let raw = std::mem::take(&mut self.raw);
         let ends = std::mem::take(&mut self.raw_ends);
-        let coordinates = std::mem::take(&mut self.coordinates);
+        let mut coordinates = std::mem::take(&mut self.coordinates);
+        let taken = self.build(&raw, &ends, &coordinates, ingested_at_micros);
+        // The buffers keep their room for the next batch (up to a limit), so that a steady
+        // stream of batches does not grow them from nothing each time.
+        let recycle = |mut v: Vec<u8>| {
+            v.clear();
+            if v.capacity() > RECYCLE_LIMIT {
+                v = Vec::new();
+            }
+            v
+        };
+        self.raw = recycle(raw);
+        let (mut ends, keep) = (ends, self.raw.capacity() > 0);
+        ends.clear();
+        coordinates.clear();
+        if keep {
+            self.raw_ends = ends;
+            self.coordinates = coordinates;
+        }
+        taken
+    }
+
+    fn build(
+        &mut self,
+        raw: &[u8],
+        ends: &[usize],
+        coordinates: &[Coordinates],
+        ingested_at_micros: i64,
+    ) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), PipelineError> {
+        let decoded = self.decoder.flush()?;
         let mut headers = std::mem::take(&mut self.headers);
         let mut dead = std::mem::take(&mut self.dead);
         if decoded.num_rows() == 0 {
@@ -460,43 +488,74 @@ fn event_dates(
     Ok((dates, missing))
 }
 
+/// Bytes of input a pipeline keeps allocated between batches.
+const RECYCLE_LIMIT: usize = 64 << 20;
+
 pub(crate) fn source_columns_for(coordinates: &[Coordinates], ingested_at: i64) -> Vec<ArrayRef> {
     let n = coordinates.len();
-    let mut topic = Vec::with_capacity(n);
-    let mut partition = Vec::with_capacity(n);
-    let mut offset = Vec::with_capacity(n);
-    let mut timestamp = Vec::with_capacity(n);
-    let mut file = Vec::with_capacity(n);
-    let mut index = Vec::with_capacity(n);
-    for c in coordinates {
-        match c {
-            Coordinates::Kafka { topic: t, partition: p, offset: o, timestamp_ms } => {
-                topic.push(Some(t.as_ref()));
-                partition.push(Some(*p));
-                offset.push(Some(*o));
-                timestamp.push(timestamp_ms.map(|ms| ms * 1000));
-                file.push(None);
-                index.push(None);
-            }
-            Coordinates::File { path, index: i } => {
-                topic.push(None);
-                partition.push(None);
-                offset.push(None);
-                timestamp.push(None);
-                file.push(Some(path.as_ref()));
-                index.push(Some(*i as i64));
+    let files = coordinates.iter().filter(|c| matches!(c, Coordinates::File { .. })).count();
+    let utc = |a: TimestampMicrosecondArray| Arc::new(a.with_timezone("UTC")) as ArrayRef;
+    let null_timestamps = || utc(TimestampMicrosecondArray::new_null(n));
+    // Batches come from one kind of source; columns of the other kind are all null, built
+    // without a pass over the rows.
+    let (topic, partition, offset, timestamp): (ArrayRef, ArrayRef, ArrayRef, ArrayRef) = if files == n {
+        (
+            Arc::new(StringArray::new_null(n)),
+            Arc::new(Int32Array::new_null(n)),
+            Arc::new(Int64Array::new_null(n)),
+            null_timestamps(),
+        )
+    } else {
+        let first = coordinates.iter().find_map(|c| match c {
+            Coordinates::Kafka { topic, .. } => Some(topic.len()),
+            Coordinates::File { .. } => None,
+        });
+        let mut topic = StringBuilder::with_capacity(n, first.unwrap_or(0) * (n - files));
+        let mut partition = Int32Builder::with_capacity(n);
+        let mut offset = Int64Builder::with_capacity(n);
+        let mut timestamp = TimestampMicrosecondBuilder::with_capacity(n);
+        for c in coordinates {
+            match c {
+                Coordinates::Kafka { topic: t, partition: p, offset: o, timestamp_ms } => {
+                    topic.append_value(t.as_ref());
+                    partition.append_value(*p);
+                    offset.append_value(*o);
+                    timestamp.append_option(timestamp_ms.map(|ms| ms * 1000));
+                }
+                Coordinates::File { .. } => {
+                    topic.append_null();
+                    partition.append_null();
+                    offset.append_null();
+                    timestamp.append_null();
+                }
             }
         }
-    }
-    vec![
-        Arc::new(StringArray::from(topic)),
-        Arc::new(Int32Array::from(partition)),
-        Arc::new(Int64Array::from(offset)),
-        Arc::new(TimestampMicrosecondArray::from(timestamp).with_timezone("UTC")),
-        Arc::new(StringArray::from(file)),
-        Arc::new(Int64Array::from(index)),
-        Arc::new(TimestampMicrosecondArray::from(vec![ingested_at; n]).with_timezone("UTC")),
-    ]
+        (Arc::new(topic.finish()), Arc::new(partition.finish()), Arc::new(offset.finish()), utc(timestamp.finish()))
+    };
+    let (file, index): (ArrayRef, ArrayRef) = if files == 0 {
+        (Arc::new(StringArray::new_null(n)), Arc::new(Int64Array::new_null(n)))
+    } else {
+        let first = coordinates.iter().find_map(|c| match c {
+            Coordinates::File { path, .. } => Some(path.len()),
+            Coordinates::Kafka { .. } => None,
+        });
+        let mut file = StringBuilder::with_capacity(n, first.unwrap_or(0) * files);
+        let mut index = Int64Builder::with_capacity(n);
+        for c in coordinates {
+            match c {
+                Coordinates::File { path, index: i } => {
+                    file.append_value(path.as_ref());
+                    index.append_value(*i as i64);
+                }
+                Coordinates::Kafka { .. } => {
+                    file.append_null();
+                    index.append_null();
+                }
+            }
+        }
+        (Arc::new(file.finish()), Arc::new(index.finish()))
+    };
+    vec![topic, partition, offset, timestamp, file, index, utc(TimestampMicrosecondArray::from_value(ingested_at, n))]
 }
 
 /// The decoder's fields with the pinned contract's nullability (matched by name).

@@ -94,6 +94,11 @@ fn parquet_properties_builder(
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(options.row_group_rows))
         .set_created_by(format!("protolake {}", env!("CARGO_PKG_VERSION")));
+    // Offsets and record indexes are unique per row: a dictionary for them is built only to be
+    // abandoned at the first page.
+    for column in [crate::pipeline::SOURCE_OFFSET, crate::pipeline::SOURCE_INDEX] {
+        builder = builder.set_column_dictionary_enabled(column.into(), false);
+    }
     for column in &options.plain_columns {
         let path = deltalake::parquet::schema::types::ColumnPath::from(
             column.split('.').map(str::to_string).collect::<Vec<_>>(),
