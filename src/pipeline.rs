@@ -277,18 +277,12 @@ impl TablePipeline {
         let taken = self.build(&raw, &ends, &coordinates, ingested_at_micros);
         // The buffers keep their room for the next batch (up to a limit), so that a steady
         // stream of batches does not grow them from nothing each time.
-        let recycle = |mut v: Vec<u8>| {
-            v.clear();
-            if v.capacity() > RECYCLE_LIMIT {
-                v = Vec::new();
-            }
-            v
-        };
-        self.raw = recycle(raw);
-        let (mut ends, keep) = (ends, self.raw.capacity() > 0);
-        ends.clear();
-        coordinates.clear();
-        if keep {
+        if raw.capacity() <= RECYCLE_LIMIT {
+            let (mut raw, mut ends) = (raw, ends);
+            raw.clear();
+            ends.clear();
+            coordinates.clear();
+            self.raw = raw;
             self.raw_ends = ends;
             self.coordinates = coordinates;
         }
@@ -353,7 +347,7 @@ impl TablePipeline {
             None => None,
         };
         let mut columns: Vec<ArrayRef> = payload.columns().to_vec();
-        columns.extend(source_columns_for(&coordinates, ingested_at_micros));
+        columns.extend(source_columns_for(coordinates, ingested_at_micros));
         if let Some(d) = event_date {
             columns.push(Arc::new(d));
         }
@@ -621,5 +615,62 @@ fn conform_array(array: ArrayRef, to: &DataType) -> Result<ArrayRef, ArrowError>
             Ok(Arc::new(StructArray::try_new_with_length(fields.clone(), children, s.nulls().cloned(), s.len())?))
         }
         _ => Err(ArrowError::SchemaError(format!("cannot conform {} to {to}", array.data_type()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(index: u64) -> Coordinates {
+        Coordinates::File { path: Arc::from("/in/day.pb"), index }
+    }
+
+    fn kafka(offset: i64) -> Coordinates {
+        Coordinates::Kafka { topic: Arc::from("ads"), partition: 3, offset, timestamp_ms: Some(offset * 10) }
+    }
+
+    /// Per column: the rows that hold a value, as text.
+    fn cells(columns: &[ArrayRef]) -> Vec<Vec<Option<String>>> {
+        columns
+            .iter()
+            .map(|c| {
+                (0..c.len())
+                    .map(|i| c.is_valid(i).then(|| arrow::util::display::array_value_to_string(c, i).unwrap()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn source_columns_of_files_kafka_and_a_mix() {
+        let schema = Schema::new(source_fields());
+        for coordinates in [vec![file(0), file(1)], vec![kafka(7), kafka(8)], vec![file(4), kafka(9)]] {
+            let columns = source_columns_for(&coordinates, 1_000_000);
+            // The columns match the table's metadata fields, type by type.
+            for (c, f) in columns.iter().zip(schema.fields()) {
+                assert_eq!(c.data_type(), f.data_type(), "{}", f.name());
+                assert_eq!(c.len(), coordinates.len());
+            }
+            let cells = cells(&columns);
+            for (row, c) in coordinates.iter().enumerate() {
+                let at = |col: usize| cells[col][row].clone();
+                match c {
+                    Coordinates::File { path, index } => {
+                        assert_eq!([at(0), at(1), at(2), at(3)], [None, None, None, None]);
+                        assert_eq!(at(4).as_deref(), Some(path.as_ref()));
+                        assert_eq!(at(5), Some(index.to_string()));
+                    }
+                    Coordinates::Kafka { topic, partition, offset, .. } => {
+                        assert_eq!(at(0).as_deref(), Some(topic.as_ref()));
+                        assert_eq!(at(1), Some(partition.to_string()));
+                        assert_eq!(at(2), Some(offset.to_string()));
+                        assert!(at(3).unwrap().starts_with("1970-01-01T00:00:00.0"), "{:?}", at(3));
+                        assert_eq!([at(4), at(5)], [None, None]);
+                    }
+                }
+                assert_eq!(at(6).as_deref(), Some("1970-01-01T00:00:01Z"));
+            }
+        }
     }
 }

@@ -553,7 +553,8 @@ fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
         }
         let commits = || {
             let log = std::path::Path::new(lake.table().local_path().unwrap()).join("_delta_log");
-            std::fs::read_dir(log).map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+            std::fs::read_dir(log)
+                .map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
         };
         let at_start = commits();
         let assigned = Instant::now();
@@ -567,7 +568,11 @@ fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
         if after > before {
             killed_with_progress += 1;
         }
-        eprintln!("kill {k}: {} ms after the run's first commit; the table holds {after} rows (+{})", delay.as_millis(), after - before);
+        eprintln!(
+            "kill {k}: {} ms after the run's first commit; the table holds {after} rows (+{})",
+            delay.as_millis(),
+            after - before
+        );
         if after >= n - n / 1000 {
             break;
         }
