@@ -98,7 +98,7 @@ fn main() {
 /// columns Parquet-encoded alone (zstd 1, page statistics, to memory), each on this thread's CPU
 /// clock. Their sum is the floor of a backfill that adds nothing between them.
 fn components(pool: &Pool, input: &Path, n: usize) {
-    use protolake::source::file::{DelimitedReader, Frame};
+    use protolake::source::file::DelimitedReader;
     let mut decoder = Decoder::new(pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
     let file = std::fs::File::open(input).unwrap();
     let mut reader = DelimitedReader::new(std::io::BufReader::with_capacity(1 << 20, file), 1 << 20);
@@ -113,17 +113,7 @@ fn components(pool: &Pool, input: &Path, n: usize) {
     let (mut decode_cpu, mut parquet_cpu, mut out_bytes, mut rows) = (0.0, 0.0, 0usize, 0usize);
     loop {
         let t = thread_cpu_seconds();
-        let mut pending = 0;
-        while pending < 65_536 {
-            match reader.next_frame().unwrap() {
-                Some((_, Frame::Record(bytes))) => {
-                    decoder.decode(bytes).unwrap();
-                    pending += 1;
-                }
-                Some(_) => unreachable!("the generated file holds whole records"),
-                None => break,
-            }
-        }
+        next_records(&mut reader, |_, bytes| decoder.decode(bytes).unwrap());
         let batch = decoder.flush().unwrap();
         decode_cpu += thread_cpu_seconds() - t;
         if batch.num_rows() == 0 {
@@ -175,7 +165,7 @@ fn components(pool: &Pool, input: &Path, n: usize) {
 /// (without the partition column), each on this thread's CPU clock.
 fn pipeline_and_table_parquet(pool: &Pool, input: &Path, n: usize) -> (f64, f64) {
     use protolake::pipeline::TablePipeline;
-    use protolake::source::file::{DelimitedReader, Frame};
+    use protolake::source::file::DelimitedReader;
     use protolake::source::Coordinates;
     let decoder = Decoder::new(pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
     let et = EventTime { field: "ts_ms".into(), unit: Some(TimeUnit::Milliseconds) };
@@ -187,17 +177,7 @@ fn pipeline_and_table_parquet(pool: &Pool, input: &Path, n: usize) -> (f64, f64)
     let (mut pipeline_cpu, mut parquet_cpu, mut rows) = (0.0, 0.0, 0);
     loop {
         let t = thread_cpu_seconds();
-        let mut pending = 0;
-        while pending < 65_536 {
-            match reader.next_frame().unwrap() {
-                Some((index, Frame::Record(bytes))) => {
-                    pipeline.push(bytes, Coordinates::File { path: name.clone(), index });
-                    pending += 1;
-                }
-                Some(_) => unreachable!("the generated file holds whole records"),
-                None => break,
-            }
-        }
+        next_records(&mut reader, |index, bytes| pipeline.push(bytes, Coordinates::File { path: name.clone(), index }));
         let (batch, _) = pipeline.take(0).unwrap();
         pipeline_cpu += thread_cpu_seconds() - t;
         let Some(batch) = batch else { break };
@@ -225,6 +205,21 @@ fn pipeline_and_table_parquet(pool: &Pool, input: &Path, n: usize) -> (f64, f64)
     parquet_cpu += thread_cpu_seconds() - t;
     assert_eq!(rows, n);
     (pipeline_cpu, parquet_cpu)
+}
+
+/// Hands the next batch of records (65,536 or what is left) to `take`.
+fn next_records<R: std::io::BufRead>(
+    reader: &mut protolake::source::file::DelimitedReader<R>,
+    mut take: impl FnMut(u64, &[u8]),
+) {
+    use protolake::source::file::Frame;
+    for _ in 0..65_536 {
+        match reader.next_frame().unwrap() {
+            Some((index, Frame::Record(bytes))) => take(index, bytes),
+            Some(_) => unreachable!("the generated file holds whole records"),
+            None => break,
+        }
+    }
 }
 
 /// CPU time of the calling thread.
