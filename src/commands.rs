@@ -210,7 +210,7 @@ impl Progress for Bar {
 pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
     // Warnings only (e.g. a store unsafe for concurrent writers); progress and the summary are
     // the output.
-    init_logging("text", "error,protolake=warn");
+    init_logging("text", BATCH_LOGS);
     let spec = match &args.config {
         Some(path) => {
             for (flag, given) in [
@@ -427,6 +427,12 @@ pub async fn ingest(args: &IngestArgs) -> Result<ExitCode> {
 }
 
 /// Logs to stderr; RUST_LOG overrides `default_filter`.
+/// What the one-shot commands log (RUST_LOG overrides it): protolake's warnings, e.g. a store
+/// unsafe for concurrent writers, and other crates' errors. Not the Delta kernel's: it logs an
+/// error when it looks for a table that does not exist yet (every first run), and its real
+/// failures reach the user as the command's own error, which names the table.
+const BATCH_LOGS: &str = "error,protolake=warn,buoyant_kernel=off";
+
 fn init_logging(format: &str, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
@@ -438,7 +444,7 @@ fn init_logging(format: &str, default_filter: &str) {
 pub async fn close_books(args: &CloseBooksArgs) -> Result<ExitCode> {
     use protolake::close_books::{self as books, CloseOptions, Outcome};
     // Warnings only (e.g. a store unsafe for concurrent writers); the report is the output.
-    init_logging("text", "error,protolake=warn");
+    init_logging("text", BATCH_LOGS);
     let config = Config::load(&args.config)?;
     let table = config.table(&args.table)?;
     let now = chrono::Utc::now();
@@ -560,7 +566,7 @@ fn millis_to_text(ms: Option<i64>) -> String {
 }
 
 pub async fn inspect(args: &InspectArgs) -> Result<ExitCode> {
-    init_logging("text", "error,protolake=warn");
+    init_logging("text", BATCH_LOGS);
     let config = Config::load(&args.target.config)?;
     let table = config.table(&args.target.table)?;
     let report = protolake::maintenance::inspect(table, args.close_runs).await?;
@@ -639,7 +645,7 @@ pub async fn inspect(args: &InspectArgs) -> Result<ExitCode> {
 }
 
 pub async fn optimize(args: &OptimizeArgs) -> Result<ExitCode> {
-    init_logging("text", "error,protolake=warn");
+    init_logging("text", BATCH_LOGS);
     let config = Config::load(&args.target.config)?;
     let table = config.table(&args.target.table)?;
     let zorder = if args.zorder_by.is_empty() { table.zorder_by.clone() } else { args.zorder_by.clone() };
@@ -661,7 +667,7 @@ pub async fn optimize(args: &OptimizeArgs) -> Result<ExitCode> {
 }
 
 pub async fn vacuum(args: &VacuumArgs) -> Result<ExitCode> {
-    init_logging("text", "error,protolake=warn");
+    init_logging("text", BATCH_LOGS);
     let config = Config::load(&args.target.config)?;
     let table = config.table(&args.target.table)?;
     let location = args.which.location(table);

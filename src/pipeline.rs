@@ -271,14 +271,13 @@ impl TablePipeline {
     /// Takes the pending rows as a batch in the table schema (None when there are none) and the
     /// dead letters. `ingested_at_micros` stamps every row.
     pub fn take(&mut self, ingested_at_micros: i64) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), PipelineError> {
-        let raw = std::mem::take(&mut self.raw);
-        let ends = std::mem::take(&mut self.raw_ends);
+        let mut raw = std::mem::take(&mut self.raw);
+        let mut ends = std::mem::take(&mut self.raw_ends);
         let mut coordinates = std::mem::take(&mut self.coordinates);
         let taken = self.build(&raw, &ends, &coordinates, ingested_at_micros);
         // The buffers keep their room for the next batch (up to a limit), so that a steady
         // stream of batches does not grow them from nothing each time.
         if raw.capacity() <= RECYCLE_LIMIT {
-            let (mut raw, mut ends) = (raw, ends);
             raw.clear();
             ends.clear();
             coordinates.clear();
@@ -489,7 +488,6 @@ pub(crate) fn source_columns_for(coordinates: &[Coordinates], ingested_at: i64) 
     let n = coordinates.len();
     let files = coordinates.iter().filter(|c| matches!(c, Coordinates::File { .. })).count();
     let utc = |a: TimestampMicrosecondArray| Arc::new(a.with_timezone("UTC")) as ArrayRef;
-    let null_timestamps = || utc(TimestampMicrosecondArray::new_null(n));
     // Batches come from one kind of source; columns of the other kind are all null, built
     // without a pass over the rows.
     let (topic, partition, offset, timestamp): (ArrayRef, ArrayRef, ArrayRef, ArrayRef) = if files == n {
@@ -497,7 +495,7 @@ pub(crate) fn source_columns_for(coordinates: &[Coordinates], ingested_at: i64) 
             Arc::new(StringArray::new_null(n)),
             Arc::new(Int32Array::new_null(n)),
             Arc::new(Int64Array::new_null(n)),
-            null_timestamps(),
+            utc(TimestampMicrosecondArray::new_null(n)),
         )
     } else {
         let first = coordinates.iter().find_map(|c| match c {
