@@ -9,7 +9,7 @@ use arrow::datatypes::SchemaRef;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType, Transaction};
-use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
@@ -97,7 +97,9 @@ fn parquet_properties_builder(
     // Offsets and record indexes are unique per row: a dictionary for them is built only to be
     // abandoned at the first page.
     for column in [crate::pipeline::SOURCE_OFFSET, crate::pipeline::SOURCE_INDEX] {
-        builder = builder.set_column_dictionary_enabled(column.into(), false);
+        builder = builder
+            .set_column_dictionary_enabled(column.into(), false)
+            .set_column_encoding(column.into(), Encoding::DELTA_BINARY_PACKED);
     }
     for column in &options.plain_columns {
         let path = deltalake::parquet::schema::types::ColumnPath::from(

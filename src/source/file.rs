@@ -106,23 +106,32 @@ impl<R: BufRead> DelimitedReader<R> {
     }
 
     fn read_length(&mut self) -> io::Result<LengthPrefix> {
+        // Usual case: the whole prefix is in the buffer, read in one step.
+        let buf = self.reader.fill_buf()?;
+        if let Some(end) = buf.iter().take(10).position(|b| *b < 0x80) {
+            let value = buf[..=end].iter().rev().fold(0u64, |v, b| (v << 7) | u64::from(b & 0x7f));
+            self.reader.consume(end + 1);
+            self.bytes_read += end as u64 + 1;
+            return Ok(LengthPrefix::Len(value));
+        }
+        // The prefix straddles the buffer's end (or is malformed): byte by byte.
         let mut value: u64 = 0;
-        let mut seen = Vec::new();
+        let mut seen = [0u8; 10];
         for shift in 0..10 {
             let buf = self.reader.fill_buf()?;
             let Some(&b) = buf.first() else {
-                return Ok(if seen.is_empty() { LengthPrefix::End } else { LengthPrefix::Cut(seen) });
+                return Ok(if shift == 0 { LengthPrefix::End } else { LengthPrefix::Cut(seen[..shift].to_vec()) });
             };
             self.reader.consume(1);
             self.bytes_read += 1;
-            seen.push(b);
+            seen[shift] = b;
             value |= u64::from(b & 0x7f) << (7 * shift);
             if b < 0x80 {
                 return Ok(LengthPrefix::Len(value));
             }
         }
         // A length prefix longer than 10 bytes: the file is not delimited protobuf from here on.
-        Ok(LengthPrefix::Cut(seen))
+        Ok(LengthPrefix::Cut(seen.to_vec()))
     }
 }
 
@@ -196,5 +205,17 @@ mod tests {
         // Cut inside the length prefix.
         let f = frames(&[0x03, b'a', b'b', b'c', 0x80], 100, 4);
         assert_eq!(f[1], (1, "Truncated { expected: None, partial: [128] }".into()));
+    }
+
+    #[test]
+    fn a_length_prefix_of_more_than_ten_bytes_ends_the_file() {
+        let mut file = vec![0x01, b'x'];
+        file.extend([0xff; 12]);
+        for buffer in [1, 3, 64] {
+            let f = frames(&file, 100, buffer);
+            assert_eq!(f.len(), 2, "buffer {buffer}");
+            assert_eq!(f[0], (0, "Record([120])".into()));
+            assert_eq!(f[1], (1, format!("Truncated {{ expected: None, partial: {:?} }}", [0xffu8; 10])));
+        }
     }
 }
