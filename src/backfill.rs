@@ -115,13 +115,14 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
     .with_validator(spec.validator);
     let properties: std::collections::HashMap<String, String> =
         [("protolake.contractVersion".to_string(), contract_version.clone())].into();
+    let parquet = spec.parquet.with_event_time(spec.event_time.as_ref());
     let (data, dlq) = TablePair {
         location: &spec.location,
         dlq_location: &spec.dlq_location,
         schema: pipeline.table_schema(),
         partition_columns: pipeline.partition_columns(),
         properties,
-        parquet: &spec.parquet,
+        parquet: &parquet,
         target_file_size: spec.flush.target_file_size,
     }
     .open()

@@ -97,11 +97,34 @@ pub struct ParquetOptions {
     /// Columns written without dictionary encoding: high-cardinality strings (ids, URLs), where
     /// building a dictionary that is then abandoned costs time and saves nothing.
     pub plain_columns: Vec<String>,
+    /// Integer columns whose values mostly ascend (the event time): written DELTA_BINARY_PACKED,
+    /// a few bits a value, without a dictionary. Set from the table's event time
+    /// ([`ParquetOptions::with_event_time`]), not from the config file.
+    pub ascending_columns: Vec<String>,
 }
 
 impl Default for ParquetOptions {
     fn default() -> Self {
-        ParquetOptions { zstd_level: 1, row_group_rows: 1_048_576, plain_columns: Vec::new() }
+        ParquetOptions {
+            zstd_level: 1,
+            row_group_rows: 1_048_576,
+            plain_columns: Vec::new(),
+            ascending_columns: Vec::new(),
+        }
+    }
+}
+
+impl ParquetOptions {
+    /// These options with the event-time column (a Timestamp or an integer) written as an
+    /// ascending column: events arrive roughly in time order, so its deltas are small.
+    pub fn with_event_time(&self, event_time: Option<&EventTime>) -> ParquetOptions {
+        let mut options = self.clone();
+        if let Some(et) = event_time {
+            if !options.ascending_columns.contains(&et.field) {
+                options.ascending_columns.push(et.field.clone());
+            }
+        }
+        options
     }
 }
 
@@ -630,6 +653,7 @@ fn validate_table(
         zstd_level: t.parquet.zstd_level.unwrap_or(parquet_defaults.zstd_level),
         row_group_rows: t.parquet.row_group_rows.unwrap_or(parquet_defaults.row_group_rows),
         plain_columns: t.parquet.plain_columns,
+        ascending_columns: Vec::new(),
     };
     if !(1..=22).contains(&parquet.zstd_level) {
         return Err(invalid(format!("parquet.zstd_level must be between 1 and 22, got {}", parquet.zstd_level)));

@@ -371,13 +371,14 @@ impl TableState {
             ("delta.checkpointInterval".to_string(), setup.config.checkpoint_interval.to_string()),
         ]
         .into();
+        let parquet = setup.config.parquet.with_event_time(setup.config.event_time.as_ref());
         let (data, dlq) = TablePair {
             location: &setup.config.location,
             dlq_location: &setup.config.dlq_location,
             schema: pipeline.table_schema(),
             partition_columns: pipeline.partition_columns(),
             properties,
-            parquet: &setup.config.parquet,
+            parquet: &parquet,
             target_file_size: setup.config.flush.target_file_size,
         }
         .open()
