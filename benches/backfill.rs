@@ -189,7 +189,7 @@ fn pipeline_and_table_parquet(pool: &Pool, input: &Path, n: usize) -> (f64, f64)
         writer
             .get_or_insert_with(|| {
                 // protolake's own settings for its tables.
-                let options = ParquetOptions { zstd_level: 1, ..ParquetOptions::default() };
+                let options = ParquetOptions { zstd_level: 1, ..ParquetOptions::default() }.with_event_time(Some(&et));
                 let properties = protolake::sink::parquet_properties_for(&options, &batch.schema());
                 deltalake::parquet::arrow::ArrowWriter::try_new(std::io::sink(), batch.schema(), Some(properties))
                     .unwrap()
