@@ -115,6 +115,7 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
     .with_validator(spec.validator);
     let properties: std::collections::HashMap<String, String> =
         [("protolake.contractVersion".to_string(), contract_version.clone())].into();
+    // A spec built from a config holds the event-time column already; an ad-hoc one does not.
     let parquet = spec.parquet.with_event_time(spec.event_time.as_ref());
     let (data, dlq) = TablePair {
         location: &spec.location,

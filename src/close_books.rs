@@ -211,7 +211,7 @@ pub async fn close_day(
         raw_schema.clone(),
         vec![EVENT_DATE.to_string()],
         HashMap::from([("delta.checkpointInterval".to_string(), table.checkpoint_interval.to_string())]),
-        &table.parquet.with_event_time(table.event_time.as_ref()),
+        &table.parquet,
         table.flush.target_file_size,
     )
     .await?;

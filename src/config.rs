@@ -98,8 +98,8 @@ pub struct ParquetOptions {
     /// building a dictionary that is then abandoned costs time and saves nothing.
     pub plain_columns: Vec<String>,
     /// Integer columns whose values mostly ascend (the event time): written DELTA_BINARY_PACKED,
-    /// a few bits a value, without a dictionary. Set from the table's event time
-    /// ([`ParquetOptions::with_event_time`]), not from the config file.
+    /// a few bits a value, without a dictionary. Not a config key: a table's resolved options
+    /// hold its event-time column ([`ParquetOptions::with_event_time`]).
     pub ascending_columns: Vec<String>,
 }
 
@@ -666,6 +666,7 @@ fn validate_table(
             return Err(invalid("event_time.field is empty".into()));
         }
     }
+    let parquet = parquet.with_event_time(t.event_time.as_ref());
     let max_record_bytes = t.max_record_bytes.map_or(16 * 1024 * 1024, |b| b.0);
     let max_record_bytes =
         usize::try_from(max_record_bytes).map_err(|_| invalid("max_record_bytes is too large".into()))?;
@@ -793,6 +794,8 @@ mod tests {
         assert_eq!(t.flush.max_latency, Duration::from_secs(5));
         assert_eq!(t.parquet.zstd_level, 3);
         assert_eq!(t.parquet.plain_columns, ["id"]);
+        // The event-time column is written delta-packed; no key is needed for it.
+        assert_eq!(t.parquet.ascending_columns, ["ts_ms"]);
         assert_eq!(
             t.descriptor,
             DescriptorSource::Protos {

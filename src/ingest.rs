@@ -371,14 +371,13 @@ impl TableState {
             ("delta.checkpointInterval".to_string(), setup.config.checkpoint_interval.to_string()),
         ]
         .into();
-        let parquet = setup.config.parquet.with_event_time(setup.config.event_time.as_ref());
         let (data, dlq) = TablePair {
             location: &setup.config.location,
             dlq_location: &setup.config.dlq_location,
             schema: pipeline.table_schema(),
             partition_columns: pipeline.partition_columns(),
             properties,
-            parquet: &parquet,
+            parquet: &setup.config.parquet,
             target_file_size: setup.config.flush.target_file_size,
         }
         .open()

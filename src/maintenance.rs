@@ -285,7 +285,7 @@ pub async fn optimize(
     let target = NonZeroU64::new(table.flush.target_file_size.max(1)).expect("non-zero");
     let kind = if zorder_by.is_empty() { OptimizeType::Compact } else { OptimizeType::ZOrder(zorder_by.to_vec()) };
     let schema = t.snapshot().map_err(delta(location))?.snapshot().arrow_schema();
-    let properties = crate::sink::parquet_properties_for(&table.parquet.with_event_time(table.event_time.as_ref()), &schema);
+    let properties = crate::sink::parquet_properties_for(&table.parquet, &schema);
     let (t, metrics) = t
         .optimize()
         .with_type(kind)

@@ -94,22 +94,24 @@ fn parquet_properties_builder(
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(options.row_group_rows))
         .set_created_by(format!("protolake {}", env!("CARGO_PKG_VERSION")));
-    let path = |column: &str| {
-        deltalake::parquet::schema::types::ColumnPath::from(column.split('.').map(str::to_string).collect::<Vec<_>>())
-    };
     // Offsets, record indexes and source timestamps ascend (per partition, per file), as does
     // the event time mostly: stored as deltas in a few bits a value. A dictionary of such
     // near-unique values would be built only to be abandoned at the first page.
     let ascending = [crate::pipeline::SOURCE_OFFSET, crate::pipeline::SOURCE_INDEX, crate::pipeline::SOURCE_TIMESTAMP];
     for column in ascending.into_iter().chain(options.ascending_columns.iter().map(String::as_str)) {
         builder = builder
-            .set_column_dictionary_enabled(path(column), false)
-            .set_column_encoding(path(column), Encoding::DELTA_BINARY_PACKED);
+            .set_column_dictionary_enabled(column_path(column), false)
+            .set_column_encoding(column_path(column), Encoding::DELTA_BINARY_PACKED);
     }
     for column in &options.plain_columns {
-        builder = builder.set_column_dictionary_enabled(path(column), false);
+        builder = builder.set_column_dictionary_enabled(column_path(column), false);
     }
     builder
+}
+
+/// A column of a Parquet file by its dotted path through structs.
+fn column_path(column: &str) -> deltalake::parquet::schema::types::ColumnPath {
+    column.split('.').map(str::to_string).collect::<Vec<_>>().into()
 }
 
 /// [`parquet_properties`] for files that delta-rs's own operations write (compaction): no
@@ -605,14 +607,13 @@ fn single_date_partition(
 mod tests {
     use super::*;
     use crate::config::{EventTime, TimeUnit};
-    use deltalake::parquet::schema::types::ColumnPath;
 
     #[test]
     fn ascending_columns_are_delta_packed_without_a_dictionary() {
         let options = ParquetOptions { plain_columns: vec!["page.url".into()], ..ParquetOptions::default() }
             .with_event_time(Some(&EventTime { field: "header.ts_ms".into(), unit: Some(TimeUnit::Milliseconds) }));
         let props = parquet_properties(&options);
-        let path = |p: &str| ColumnPath::from(p.split('.').map(str::to_string).collect::<Vec<_>>());
+        let path = column_path;
         for column in ["header.ts_ms", "_source_offset", "_source_index", "_source_timestamp"] {
             assert_eq!(props.encoding(&path(column)), Some(Encoding::DELTA_BINARY_PACKED), "{column}");
             assert!(!props.dictionary_enabled(&path(column)), "{column}");
