@@ -37,6 +37,8 @@ fn dir_size(p: &Path) -> u64 {
 }
 
 fn main() {
+    // As the protolake binary does.
+    protolake::allocator::tune();
     let n = arg("--records", 10_000_000);
     let work = tempfile::tempdir().expect("temp dir");
     // `--input FILE` keeps the generated events in FILE and reuses them when it exists.

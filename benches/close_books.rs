@@ -123,6 +123,8 @@ fn python() -> String {
 }
 
 fn main() {
+    // As the protolake binary does.
+    protolake::allocator::tune();
     let n = arg("--rows", 10_000_000);
     let permille = arg("--dup-permille", 50);
     let every = if permille == 0 { 0 } else { 1000 / permille };

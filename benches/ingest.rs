@@ -32,6 +32,8 @@ mod common;
 use common::{arg, cpu_seconds, flat_event, peak_rss_mib, reset_peak_rss};
 
 fn main() {
+    // As the protolake binary does.
+    protolake::allocator::tune();
     let n = arg("--records", 2_000_000);
     let partitions = arg("--partitions", 1) as i32;
     let topic = format!("bench-{}", std::process::id());

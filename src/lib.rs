@@ -8,6 +8,7 @@
 //! * [`sink`]: Delta tables (data and dead letters).
 //! * [`ingest`]: the Kafka → Delta daemon; [`metrics`]: its metrics and health endpoints.
 
+pub mod allocator;
 #[cfg(feature = "delta")]
 pub mod backfill;
 #[cfg(feature = "delta")]

@@ -9,6 +9,7 @@ use clap::Parser;
 use cli::{Cli, Command, SchemaCommand};
 
 fn main() -> ExitCode {
+    protolake::allocator::tune();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
