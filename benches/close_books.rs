@@ -127,7 +127,7 @@ fn main() {
     protolake::allocator::tune();
     let n = arg("--rows", 10_000_000);
     let permille = arg("--dup-permille", 50);
-    let every = if permille == 0 { 0 } else { 1000 / permille };
+    let every = 1000usize.checked_div(permille).unwrap_or(0);
     let work = tempfile::tempdir().expect("a temporary folder");
     let location = work.path().join("raw").display().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();

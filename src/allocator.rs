@@ -35,7 +35,9 @@ fn apply() -> bool {
         // as safe to change at any time.
         unsafe { libc::mallopt(param, value) == 1 }
     };
-    set(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) & set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) & set(libc::M_TOP_PAD, TOP_PAD)
+    set(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        & set(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        & set(libc::M_TOP_PAD, TOP_PAD)
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]

@@ -11,6 +11,7 @@
 //!   offset is committed twice and positions never move backwards;
 //! * dead letters are committed to the dead-letter table before the rows to the data table,
 //!   and a dead letter at or below the dead-letter table's position is never written again.
+//!
 //! Kafka's committed group offsets are written after each Delta commit, for lag monitoring only.
 //!
 //! Threads. Each table runs on a blocking thread of its own: it polls its consumer, decodes,

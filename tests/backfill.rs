@@ -423,7 +423,7 @@ fn spark_polars_and_deltalake_read_every_column_kind_and_skip_files() {
         m.set_field_by_name("at", V::Message(at));
         let mut p = DynamicMessage::new(place.clone());
         p.set_field_by_name("city", V::String(format!("c{}", i % 5)));
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             p.set_field_by_name("postcode", V::String(format!("{:05}", i)));
         }
         m.set_field_by_name("place", V::Message(p));

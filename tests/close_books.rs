@@ -553,7 +553,7 @@ fn a_run_racing_appenders_publishes_exactly_the_snapshot_it_read_and_a_rerun_cat
     all.extend(appended);
     let again = f.close_day();
     assert_eq!(again["outcome"], "published", "{again}");
-    assert_eq!(again["source_version"].as_u64().unwrap() > version, true);
+    assert!(again["source_version"].as_u64().unwrap() > version);
     assert_eq!(f.final_rows(DAY), expected_winners(&all, day_of(DAY)));
 }
 

@@ -91,7 +91,7 @@ fn record(i: usize) -> Vec<u8> {
     AdImpression {
         impression_id: format!("ad-{i:07}"),
         event_time: Some(prost_types::Timestamp { seconds: 1_763_683_200 + (i as i64 % 3) * 86_400, nanos: 0 }),
-        event_type: if i % 2 == 0 { "impression".into() } else { "click".into() },
+        event_type: if i.is_multiple_of(2) { "impression".into() } else { "click".into() },
         slot: i as i32,
         tags: Vec::new(),
     }

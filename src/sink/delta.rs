@@ -198,7 +198,8 @@ impl TableWriter {
         // Columns are written in the table's order (an evolved table has its new columns last).
         let schema: SchemaRef = table.snapshot().map_err(err)?.snapshot().arrow_schema();
         let writer_properties = parquet_properties(parquet);
-        let writer = RecordBatchWriter::for_table(&table).map_err(err)?.with_writer_properties(writer_properties.clone());
+        let writer =
+            RecordBatchWriter::for_table(&table).map_err(err)?.with_writer_properties(writer_properties.clone());
         let partition_columns = table.snapshot().map_err(err)?.metadata().partition_columns().to_vec();
         Ok(TableWriter {
             location: location.to_string(),
@@ -247,8 +248,9 @@ impl TableWriter {
     /// (never part of the table; `VACUUM` removes them).
     pub fn abandon(&mut self) -> Result<(), SinkError> {
         let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        self.writer =
-            RecordBatchWriter::for_table(&self.table).map_err(err)?.with_writer_properties(self.writer_properties.clone());
+        self.writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(err)?
+            .with_writer_properties(self.writer_properties.clone());
         self.closed.clear();
         self.closed_bytes = 0;
         Ok(())
@@ -282,7 +284,9 @@ impl TableWriter {
         // A batch within one date partition (the usual case) skips the writer's split by
         // partition, which re-encodes and copies every row.
         match single_date_partition(&batch, &self.partition_columns) {
-            Some(values) => self.writer.write_partition(batch, &values, WriteMode::Default).await.map(drop).map_err(err)?,
+            Some(values) => {
+                self.writer.write_partition(batch, &values, WriteMode::Default).await.map(drop).map_err(err)?
+            }
             None => self.writer.write(batch).await.map_err(err)?,
         }
         // The files roll here, between batches, rather than inside delta-rs's writer: given a
@@ -685,12 +689,18 @@ mod tests {
         let target = 48 * 1024;
         let options = ParquetOptions::default();
         let mut writer =
-            TableWriter::open_or_create(&place, schema.clone(), Vec::new(), HashMap::new(), &options, target).await.unwrap();
+            TableWriter::open_or_create(&place, schema.clone(), Vec::new(), HashMap::new(), &options, target)
+                .await
+                .unwrap();
         let mut seed = 7;
         for _ in 0..8 {
             writer.write(random_batch(&schema, &mut seed)).await.unwrap();
         }
-        assert!(writer.closed.len() >= 2, "{} bytes written and fewer than 2 files closed at {target}", writer.buffered_bytes());
+        assert!(
+            writer.closed.len() >= 2,
+            "{} bytes written and fewer than 2 files closed at {target}",
+            writer.buffered_bytes()
+        );
         // The closed files count too, so that flush.max_bytes sees every byte since the commit.
         let closed: u64 = writer.closed.iter().map(|a| a.size as u64).sum();
         assert!(writer.buffered_bytes() as u64 >= closed && closed >= 2 * target);
