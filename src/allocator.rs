@@ -6,7 +6,7 @@
 //! kernel as soon as it passes 128 KiB: the next batch then takes page faults to get the same
 //! memory back, and the kernel zeroes every page again. Raising the thresholds keeps that memory
 //! with the process between batches; resident memory stays at the working set (the memory was in
-//! use a moment before) and the system time of a backfill falls by about a third.
+//! use a moment before) and the system time of a backfill falls by about 40%.
 //!
 //! A user who sets `GLIBC_TUNABLES` keeps their own settings: [`tune`] then changes nothing.
 

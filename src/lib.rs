@@ -7,6 +7,7 @@
 //! * [`pipeline`]: one table's records → rows and dead letters.
 //! * [`sink`]: Delta tables (data and dead letters).
 //! * [`ingest`]: the Kafka → Delta daemon; [`metrics`]: its metrics and health endpoints.
+//! * [`allocator`]: the C allocator's settings for a process that streams batches.
 
 pub mod allocator;
 #[cfg(feature = "delta")]
