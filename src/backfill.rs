@@ -36,12 +36,12 @@ pub enum BackfillError {
     Arrow(#[from] arrow::error::ArrowError),
 }
 
-/// Everything a backfill needs, resolved.
 /// Read size for input files. Small enough that the bytes just read are still in the core's
 /// cache when the decoder reaches them (a 1 MiB buffer cost about 4% more CPU); records longer
 /// than this are still read whole, through a copy.
 const READ_BUFFER: usize = 64 << 10;
 
+/// Everything a backfill needs, resolved.
 pub struct BackfillSpec {
     pub decoder: Decoder,
     /// The descriptor's `buf.validate` rules, when it carries any.

@@ -80,8 +80,6 @@ pub struct TableWriter {
     target_file_size: u64,
     /// Files closed at the target size since the last commit, waiting for it.
     closed: Vec<deltalake::kernel::Add>,
-    /// Their bytes.
-    closed_bytes: u64,
 }
 
 /// The Parquet settings protolake writes with (zstd, page statistics, row groups, dictionaries).
@@ -210,7 +208,6 @@ impl TableWriter {
             writer_properties,
             target_file_size,
             closed: Vec::new(),
-            closed_bytes: 0,
         })
     }
 
@@ -219,7 +216,6 @@ impl TableWriter {
     async fn flush_files(&mut self) -> Result<Vec<deltalake::kernel::Add>, SinkError> {
         let mut adds = self.close_open_files().await?;
         adds.splice(0..0, std::mem::take(&mut self.closed));
-        self.closed_bytes = 0;
         Ok(adds)
     }
 
@@ -252,7 +248,6 @@ impl TableWriter {
             .map_err(err)?
             .with_writer_properties(self.writer_properties.clone());
         self.closed.clear();
-        self.closed_bytes = 0;
         Ok(())
     }
 
@@ -295,7 +290,6 @@ impl TableWriter {
         // A file passes its target by at most one batch's encoded rows.
         if self.writer.buffer_len() as u64 >= self.target_file_size {
             let adds = self.close_open_files().await?;
-            self.closed_bytes += adds.iter().map(|a| a.size.max(0) as u64).sum::<u64>();
             self.closed.extend(adds);
         }
         Ok(())
@@ -322,9 +316,10 @@ impl TableWriter {
             .map_err(|e| SinkError::Schema { location: self.location.clone(), message: e.to_string() })
     }
 
-    /// Parquet bytes written since the last commit.
+    /// Parquet bytes written since the last commit (the closed files' and the open ones').
     pub fn buffered_bytes(&self) -> usize {
-        self.writer.buffer_len() + usize::try_from(self.closed_bytes).unwrap_or(usize::MAX)
+        let closed: usize = self.closed.iter().map(|a| usize::try_from(a.size).unwrap_or(0)).sum();
+        self.writer.buffer_len() + closed
     }
 
     /// Finishes the open files and commits them with the source positions they cover, in one
