@@ -179,7 +179,9 @@ fn pipeline_and_table_parquet(pool: &Pool, input: &Path, n: usize) -> (f64, f64)
     let (mut pipeline_cpu, mut parquet_cpu, mut rows) = (0.0, 0.0, 0);
     loop {
         let t = thread_cpu_seconds();
-        next_records(&mut reader, |index, bytes| pipeline.push(bytes, Coordinates::File { path: name.clone(), index }));
+        next_records(&mut reader, |index, bytes| {
+            pipeline.push(bytes, &Coordinates::File { path: name.clone(), index })
+        });
         let (batch, _) = pipeline.take(0).unwrap();
         pipeline_cpu += thread_cpu_seconds() - t;
         let Some(batch) = batch else { break };

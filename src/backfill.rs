@@ -186,6 +186,8 @@ impl Run {
         let mut last_progress = 0u64;
         // The last record pushed; it becomes the file's position when its batch is handed over.
         let mut last = None;
+        // One value for all the file's records; only the index changes.
+        let mut coordinates = Coordinates::File { path: std::sync::Arc::clone(name), index: 0 };
         loop {
             let frame = reader.next_frame().map_err(input_err)?;
             let Some((index, frame)) = frame else { break };
@@ -195,10 +197,12 @@ impl Run {
                 continue;
             }
             self.report.records += 1;
-            let coordinates = Coordinates::File { path: std::sync::Arc::clone(name), index: index as u64 };
+            if let Coordinates::File { index: at, .. } = &mut coordinates {
+                *at = index as u64;
+            }
             match frame {
-                Frame::Record(bytes) => self.pipeline.push(bytes, coordinates),
-                Frame::Oversized { len } => self.pipeline.dead_letter_oversized(len, None, coordinates),
+                Frame::Record(bytes) => self.pipeline.push(bytes, &coordinates),
+                Frame::Oversized { len } => self.pipeline.dead_letter_oversized(len, None, coordinates.clone()),
                 Frame::Truncated { expected, partial } => self.pipeline.dead_letter(DeadLetter {
                     message: match expected {
                         Some(len) => format!("the file ends {} bytes into a {len}-byte record", partial.len()),
@@ -207,7 +211,7 @@ impl Run {
                     raw: partial,
                     reason: "truncated".into(),
                     field_path: String::new(),
-                    coordinates,
+                    coordinates: coordinates.clone(),
                     headers: Vec::new(),
                 }),
             }

@@ -48,6 +48,16 @@ pub enum TimeUnit {
 }
 
 impl TimeUnit {
+    /// The unit as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeUnit::Seconds => "seconds",
+            TimeUnit::Milliseconds => "milliseconds",
+            TimeUnit::Microseconds => "microseconds",
+            TimeUnit::Nanoseconds => "nanoseconds",
+        }
+    }
+
     /// Multiplier/divisor to microseconds.
     pub fn to_micros(self, value: i64) -> Option<i64> {
         match self {

@@ -571,7 +571,7 @@ impl TableState {
         self.bytes_unreported += value.map_or(0, |v| v.len() as u64);
         let coordinates = coordinates(message, topic);
         match value.map(|v| (v, self.unframer.payload(v))) {
-            Some((_, Ok(payload))) => self.pipeline.push_with_headers(payload, coordinates, headers(message)),
+            Some((_, Ok(payload))) => self.pipeline.push_with_headers(payload, &coordinates, || headers(message)),
             Some((raw, Err(e))) => self.pipeline.dead_letter(DeadLetter {
                 raw: raw.to_vec(),
                 reason: e.reason.into(),

@@ -9,16 +9,16 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Array, Int32Array, Int32Builder, Int64Array, Int64Builder,
-    RecordBatch, StringArray, StringBuilder, StructArray, TimestampMicrosecondArray, TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, Date32Array, Int32Array, Int64Array, NullBufferBuilder, RecordBatch, StringArray,
+    StructArray, TimestampMicrosecondArray,
 };
-use arrow::compute::filter_record_batch;
+use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::error::ArrowError;
 
 use crate::config::{EventTime, TimeUnit as EventUnit};
 use crate::contract::{delta_schema, to_delta_batch, Contract};
-use crate::decode::{Decoder, RecordError};
+use crate::decode::{ColumnPath, Decoder, LastValue, RecordError};
 use crate::source::{Coordinates, Headers};
 use crate::validate::RecordValidator;
 
@@ -92,6 +92,7 @@ pub enum PipelineError {
 #[derive(Debug, Clone)]
 struct EventTimeColumn {
     path: Vec<String>,
+    column: ColumnPath,
     unit: Option<EventUnit>,
     display: String,
 }
@@ -99,20 +100,20 @@ struct EventTimeColumn {
 /// A NOT NULL rule of the contract that the decoder's schema does not already guarantee.
 #[derive(Debug, Clone)]
 struct NotNullRule {
-    path: Vec<String>,
+    column: ColumnPath,
+    display: String,
 }
+
+/// Why a decoded record may not become a row: (reason, field path, message).
+type Refusal = (&'static str, String, String);
 
 pub struct TablePipeline {
     decoder: Decoder,
     table_schema: SchemaRef,
     event_time: Option<EventTimeColumn>,
     not_null: Vec<NotNullRule>,
-    /// Original bytes of the pending rows (dead letters need them if a rule refuses a row).
-    raw: Vec<u8>,
-    raw_ends: Vec<usize>,
-    coordinates: Vec<Coordinates>,
-    /// Headers of the pending rows that have any, by row (kept in case a rule refuses the row).
-    headers: Vec<(usize, Headers)>,
+    /// Where the pending rows came from.
+    sources: SourceLog,
     dead: Vec<DeadLetter>,
     max_record_bytes: usize,
     validator: Option<RecordValidator>,
@@ -133,12 +134,18 @@ impl TablePipeline {
                 return Err(PipelineError::MetadataCollision(f.name().clone()));
             }
         }
-        let event_time = event_time.map(|et| resolve_event_time(&payload, et)).transpose()?;
+        let event_time = event_time.map(|et| resolve_event_time(&payload, &decoder, et)).transpose()?;
         // The table's payload columns take the contract's nullability (NOT NULL may tighten).
         let (payload_fields, not_null) = match contract {
             Some(c) => {
                 let pinned = c.to_arrow();
-                let rules = not_null_rules(payload.fields(), pinned.fields(), &mut Vec::new());
+                let rules = not_null_rules(payload.fields(), pinned.fields(), &mut Vec::new())
+                    .into_iter()
+                    .filter_map(|path| {
+                        // Every path of the rules goes through singular messages only.
+                        decoder.column_path(&path).map(|column| NotNullRule { column, display: path.join(".") })
+                    })
+                    .collect();
                 (with_nullability(payload.fields(), pinned.fields()), rules)
             }
             None => (payload.fields().clone(), Vec::new()),
@@ -153,10 +160,7 @@ impl TablePipeline {
             table_schema: Arc::new(Schema::new(fields)),
             event_time,
             not_null,
-            raw: Vec::new(),
-            raw_ends: Vec::new(),
-            coordinates: Vec::new(),
-            headers: Vec::new(),
+            sources: SourceLog::default(),
             dead: Vec::new(),
             max_record_bytes,
             validator: None,
@@ -184,25 +188,21 @@ impl TablePipeline {
 
     /// Records pushed since the last `take` (rows and dead letters).
     pub fn pending(&self) -> usize {
-        self.coordinates.len() + self.dead.len()
-    }
-
-    /// Bytes of input held for the pending rows.
-    pub fn pending_bytes(&self) -> usize {
-        self.raw.len()
+        self.sources.rows + self.dead.len()
     }
 
     /// Decodes one record; a bad one becomes a dead letter.
-    pub fn push(&mut self, bytes: &[u8], coordinates: Coordinates) {
-        self.push_with_headers(bytes, coordinates, Headers::new());
+    pub fn push(&mut self, bytes: &[u8], coordinates: &Coordinates) {
+        self.push_with_headers(bytes, coordinates, Headers::new);
     }
 
-    /// [`push`](Self::push) for a record whose headers go with it if it becomes a dead letter.
-    pub fn push_with_headers(&mut self, bytes: &[u8], coordinates: Coordinates, headers: Headers) {
+    /// [`push`](Self::push) for a record whose headers go with it if it becomes a dead letter
+    /// (`headers` is called only then).
+    pub fn push_with_headers(&mut self, bytes: &[u8], coordinates: &Coordinates, headers: impl FnOnce() -> Headers) {
         if bytes.len() > self.max_record_bytes {
-            self.dead_letter_oversized(bytes.len() as u64, Some(bytes), coordinates);
+            self.dead_letter_oversized(bytes.len() as u64, Some(bytes), coordinates.clone());
             if let Some(last) = self.dead.last_mut() {
-                last.headers = headers;
+                last.headers = headers();
             }
             return;
         }
@@ -216,26 +216,62 @@ impl TablePipeline {
                     reason: "validation_failed".into(),
                     message: listed.join("; "),
                     field_path: first.field_path.clone(),
-                    coordinates,
-                    headers,
+                    coordinates: coordinates.clone(),
+                    headers: headers(),
                 });
                 return;
             }
         }
         match self.decoder.decode(bytes) {
-            Ok(()) => {
-                self.raw.extend_from_slice(bytes);
-                self.raw_ends.push(self.raw.len());
-                if !headers.is_empty() {
-                    self.headers.push((self.coordinates.len(), headers));
+            Ok(()) => match self.refusal() {
+                None => self.sources.push(coordinates),
+                // The rules are checked on the row just decoded, while its bytes are at hand:
+                // a refused row leaves the batch at once and nothing else need be kept.
+                Some((reason, field_path, message)) => {
+                    self.decoder.drop_last();
+                    self.dead.push(DeadLetter {
+                        raw: bytes.to_vec(),
+                        reason: reason.into(),
+                        message,
+                        field_path,
+                        coordinates: coordinates.clone(),
+                        headers: headers(),
+                    });
                 }
-                self.coordinates.push(coordinates);
-            }
+            },
             Err(e) => {
-                let mut letter = DeadLetter::from_record_error(bytes, &e, coordinates);
-                letter.headers = headers;
+                let mut letter = DeadLetter::from_record_error(bytes, &e, coordinates.clone());
+                letter.headers = headers();
                 self.dead.push(letter);
             }
+        }
+    }
+
+    /// The first record rule the row just decoded breaks: a NOT NULL of the contract, or an
+    /// event time that gives no date.
+    fn refusal(&self) -> Option<Refusal> {
+        for rule in &self.not_null {
+            // A null parent is not this column's violation (the parent's own rule covers it).
+            if self.decoder.last_value(&rule.column) == Some(LastValue::Null) {
+                let message = format!("{} is NOT NULL in the contract but the record has no value", rule.display);
+                return Some(("not_null_violated", rule.display.clone(), message));
+            }
+        }
+        let et = self.event_time.as_ref()?;
+        let missing = |message: String| Some(("missing_event_time", et.display.clone(), message));
+        match self.decoder.last_value(&et.column) {
+            Some(LastValue::Int(v)) => match et.unit {
+                Some(unit) if unit.to_micros(v).is_none() => missing(format!(
+                    "{} = {v} {} is beyond the range of a timestamp, so the row has no event_date partition",
+                    et.display,
+                    unit.as_str()
+                )),
+                _ => None,
+            },
+            Some(LastValue::Null | LastValue::ParentNull) => {
+                missing(format!("{} has no value, so the row has no event_date partition", et.display))
+            }
+            Some(LastValue::Present) | None => None,
         }
     }
 
@@ -257,10 +293,7 @@ impl TablePipeline {
     /// Drops everything pushed since the last `take` (a batch abandoned before its commit).
     pub fn discard(&mut self) {
         let _ = self.decoder.flush();
-        self.raw.clear();
-        self.raw_ends.clear();
-        self.coordinates.clear();
-        self.headers.clear();
+        self.sources.clear();
         self.dead.clear();
     }
 
@@ -271,102 +304,21 @@ impl TablePipeline {
     /// Takes the pending rows as a batch in the table schema (None when there are none) and the
     /// dead letters. `ingested_at_micros` stamps every row.
     pub fn take(&mut self, ingested_at_micros: i64) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), PipelineError> {
-        let mut raw = std::mem::take(&mut self.raw);
-        let mut ends = std::mem::take(&mut self.raw_ends);
-        let mut coordinates = std::mem::take(&mut self.coordinates);
-        let taken = self.build(&raw, &ends, &coordinates, ingested_at_micros);
-        // The buffers keep their room for the next batch (up to a limit), so that a steady
-        // stream of batches does not grow them from nothing each time.
-        if raw.capacity() <= RECYCLE_LIMIT {
-            raw.clear();
-            ends.clear();
-            coordinates.clear();
-            self.raw = raw;
-            self.raw_ends = ends;
-            self.coordinates = coordinates;
-        }
-        taken
-    }
-
-    fn build(
-        &mut self,
-        raw: &[u8],
-        ends: &[usize],
-        coordinates: &[Coordinates],
-        ingested_at_micros: i64,
-    ) -> Result<(Option<RecordBatch>, Vec<DeadLetter>), PipelineError> {
-        let decoded = self.decoder.flush()?;
-        let mut headers = std::mem::take(&mut self.headers);
-        let mut dead = std::mem::take(&mut self.dead);
-        if decoded.num_rows() == 0 {
+        let dead = std::mem::take(&mut self.dead);
+        let decoded = self.decoder.flush();
+        let sources = self.sources.finish(ingested_at_micros);
+        let decoded = decoded?;
+        let rows = decoded.num_rows();
+        if rows == 0 {
             return Ok((None, dead));
         }
         let payload = to_delta_batch(&decoded)?;
-        let rows = payload.num_rows();
-        let mut keep = vec![true; rows];
-        let mut refuse = |row: usize, reason: &str, path: &str, message: String, keep: &mut Vec<bool>| {
-            if keep[row] {
-                keep[row] = false;
-                let start = if row == 0 { 0 } else { ends[row - 1] };
-                dead.push(DeadLetter {
-                    raw: raw[start..ends[row]].to_vec(),
-                    reason: reason.into(),
-                    message,
-                    field_path: path.into(),
-                    coordinates: coordinates[row].clone(),
-                    headers: headers
-                        .iter_mut()
-                        .find(|(r, _)| *r == row)
-                        .map(|(_, h)| std::mem::take(h))
-                        .unwrap_or_default(),
-                });
-            }
-        };
-        for rule in &self.not_null {
-            let nulls = null_rows(&payload, &rule.path);
-            let path = rule.path.join(".");
-            for row in nulls {
-                refuse(
-                    row,
-                    "not_null_violated",
-                    &path,
-                    format!("{path} is NOT NULL in the contract but the record has no value"),
-                    &mut keep,
-                );
-            }
-        }
-        let event_date = match &self.event_time {
-            Some(et) => {
-                let (dates, missing) = event_dates(&payload, et)?;
-                for (row, why) in missing {
-                    refuse(row, "missing_event_time", &et.display, why, &mut keep);
-                }
-                Some(dates)
-            }
-            None => None,
-        };
         let mut columns: Vec<ArrayRef> = payload.columns().to_vec();
-        columns.extend(source_columns_for(coordinates, ingested_at_micros));
-        if let Some(d) = event_date {
-            columns.push(Arc::new(d));
+        columns.extend(sources?);
+        if let Some(et) = &self.event_time {
+            columns.push(Arc::new(event_dates(&payload, et)?));
         }
-        // Refused rows leave before the table's NOT NULLs apply to the columns.
-        let loose_fields: Vec<FieldRef> = columns
-            .iter()
-            .zip(self.table_schema.fields())
-            .map(|(c, f)| Arc::new(Field::new(f.name(), c.data_type().clone(), true)))
-            .collect();
-        let loose = RecordBatch::try_new_with_options(
-            Arc::new(Schema::new(loose_fields)),
-            columns,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
-        )?;
-        let kept =
-            if keep.iter().all(|k| *k) { loose } else { filter_record_batch(&loose, &BooleanArray::from(keep))? };
-        if kept.num_rows() == 0 {
-            return Ok((None, dead));
-        }
-        let batch = conform(kept.columns().to_vec(), &self.table_schema, kept.num_rows())?;
+        let batch = conform(columns, &self.table_schema, rows)?;
         Ok((Some(batch), dead))
     }
 }
@@ -375,7 +327,7 @@ fn event_date_field() -> Field {
     Field::new(EVENT_DATE, DataType::Date32, true)
 }
 
-fn resolve_event_time(payload: &Schema, et: &EventTime) -> Result<EventTimeColumn, PipelineError> {
+fn resolve_event_time(payload: &Schema, decoder: &Decoder, et: &EventTime) -> Result<EventTimeColumn, PipelineError> {
     let path: Vec<String> = et.field.split('.').map(str::to_string).collect();
     let err = |reason: String| PipelineError::EventTime { field: et.field.clone(), reason };
     let mut fields = payload.fields().clone();
@@ -410,144 +362,237 @@ fn resolve_event_time(payload: &Schema, et: &EventTime) -> Result<EventTimeColum
         }
         (None, _) => return Err(err("is empty".into())),
     }
-    Ok(EventTimeColumn { path, unit: et.unit, display: et.field.clone() })
+    let column = decoder.column_path(&path).ok_or_else(|| err("is not a column of the decoded message".into()))?;
+    Ok(EventTimeColumn { path, column, unit: et.unit, display: et.field.clone() })
 }
 
-/// Finds a column by path; nulls of its parents count as nulls.
-fn column_at(batch: &RecordBatch, path: &[String]) -> Option<(ArrayRef, Vec<bool>)> {
+/// The column at `path` (through structs).
+fn column_at(batch: &RecordBatch, path: &[String]) -> Option<ArrayRef> {
     let mut array = batch.column_by_name(&path[0])?.clone();
-    let mut parent_null = vec![false; batch.num_rows()];
     for seg in &path[1..] {
-        let s = array.as_struct_opt()?;
-        for (row, p) in parent_null.iter_mut().enumerate() {
-            *p |= s.is_null(row);
-        }
-        array = s.column_by_name(seg)?.clone();
+        array = array.as_struct_opt()?.column_by_name(seg)?.clone();
     }
-    Some((array, parent_null))
+    Some(array)
 }
 
-/// Rows where the column at `path` is null while its parents are present.
-fn null_rows(batch: &RecordBatch, path: &[String]) -> Vec<usize> {
-    let Some((array, parent_null)) = column_at(batch, path) else { return Vec::new() };
-    if array.null_count() == 0 {
-        return Vec::new();
-    }
-    (0..array.len()).filter(|&row| array.is_null(row) && !parent_null[row]).collect()
-}
-
-fn event_dates(
-    batch: &RecordBatch,
-    et: &EventTimeColumn,
-) -> Result<(Date32Array, Vec<(usize, String)>), PipelineError> {
+/// Each row's `event_date`. Rows without one were refused when they were pushed.
+fn event_dates(batch: &RecordBatch, et: &EventTimeColumn) -> Result<Date32Array, PipelineError> {
     const DAY_MICROS: i64 = 86_400_000_000;
-    let (array, _) = column_at(batch, &et.path).ok_or_else(|| PipelineError::EventTime {
+    let day = |micros: i64| micros.div_euclid(DAY_MICROS) as i32;
+    let array = column_at(batch, &et.path).ok_or_else(|| PipelineError::EventTime {
         field: et.display.clone(),
         reason: "column missing from the decoded batch".into(),
     })?;
-    let micros: Vec<Option<i64>> = match (array.data_type(), et.unit) {
-        (DataType::Timestamp(_, _), _) => {
-            array.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().iter().collect()
-        }
-        (DataType::Int64, Some(unit)) => array
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .iter()
-            .map(|v| v.and_then(|v| unit.to_micros(v)))
-            .collect(),
-        (DataType::Int32, Some(unit)) => array
-            .as_primitive::<arrow::datatypes::Int32Type>()
-            .iter()
-            .map(|v| v.and_then(|v| unit.to_micros(i64::from(v))))
-            .collect(),
-        (other, _) => {
+    let to_micros = |v: i64| et.unit.and_then(|u| u.to_micros(v)).unwrap_or(v);
+    Ok(match array.data_type() {
+        DataType::Timestamp(_, _) => array.as_primitive::<arrow::datatypes::TimestampMicrosecondType>().unary(day),
+        DataType::Int64 => array.as_primitive::<arrow::datatypes::Int64Type>().unary(|v| day(to_micros(v))),
+        DataType::Int32 => array.as_primitive::<arrow::datatypes::Int32Type>().unary(|v| day(to_micros(i64::from(v)))),
+        other => {
             return Err(PipelineError::EventTime {
                 field: et.display.clone(),
                 reason: format!("unexpected type {other}"),
             })
         }
-    };
-    let mut missing = Vec::new();
-    let dates: Date32Array = micros
-        .iter()
-        .enumerate()
-        .map(|(row, m)| match m {
-            Some(m) => i32::try_from(m.div_euclid(DAY_MICROS)).ok(),
-            None => {
-                missing.push((row, format!("{} has no value, so the row has no event_date partition", et.display)));
-                None
-            }
-        })
-        .collect();
-    Ok((dates, missing))
+    })
 }
 
-/// Bytes of input a pipeline keeps allocated between batches.
-const RECYCLE_LIMIT: usize = 64 << 20;
+/// The source coordinates of the pending rows, as runs (a file's consecutive records, a Kafka
+/// partition's messages) and the Kafka rows' offsets and timestamps: nothing is kept per row
+/// that the run already says.
+#[derive(Debug, Default)]
+struct SourceLog {
+    rows: usize,
+    runs: Vec<SourceRun>,
+    /// One per Kafka row, in row order.
+    offsets: Vec<i64>,
+    timestamps: Vec<i64>,
+    timestamps_valid: Option<NullBufferBuilder>,
+}
 
-pub(crate) fn source_columns_for(coordinates: &[Coordinates], ingested_at: i64) -> Vec<ArrayRef> {
-    let n = coordinates.len();
-    let files = coordinates.iter().filter(|c| matches!(c, Coordinates::File { .. })).count();
-    let utc = |a: TimestampMicrosecondArray| Arc::new(a.with_timezone("UTC")) as ArrayRef;
-    // Batches come from one kind of source; columns of the other kind are all null, built
-    // without a pass over the rows.
-    let (topic, partition, offset, timestamp): (ArrayRef, ArrayRef, ArrayRef, ArrayRef) = if files == n {
-        (
-            Arc::new(StringArray::new_null(n)),
-            Arc::new(Int32Array::new_null(n)),
-            Arc::new(Int64Array::new_null(n)),
-            utc(TimestampMicrosecondArray::new_null(n)),
-        )
-    } else {
-        let first = coordinates.iter().find_map(|c| match c {
-            Coordinates::Kafka { topic, .. } => Some(topic.len()),
-            Coordinates::File { .. } => None,
-        });
-        let mut topic = StringBuilder::with_capacity(n, first.unwrap_or(0) * (n - files));
-        let mut partition = Int32Builder::with_capacity(n);
-        let mut offset = Int64Builder::with_capacity(n);
-        let mut timestamp = TimestampMicrosecondBuilder::with_capacity(n);
-        for c in coordinates {
-            match c {
-                Coordinates::Kafka { topic: t, partition: p, offset: o, timestamp_ms } => {
-                    topic.append_value(t.as_ref());
-                    partition.append_value(*p);
-                    offset.append_value(*o);
-                    timestamp.append_option(timestamp_ms.map(|ms| ms * 1000));
+#[derive(Debug)]
+enum SourceRun {
+    /// Records `first_index`, `first_index + 1`, … of one file.
+    File { path: Arc<str>, first_index: u64, len: usize },
+    /// Messages of one topic partition.
+    Kafka { topic: Arc<str>, partition: i32, len: usize },
+}
+
+impl SourceLog {
+    fn push(&mut self, at: &Coordinates) {
+        self.rows += 1;
+        match at {
+            Coordinates::File { path, index } => {
+                if let Some(SourceRun::File { path: p, first_index, len }) = self.runs.last_mut() {
+                    if *first_index + *len as u64 == *index && (Arc::ptr_eq(p, path) || p == path) {
+                        *len += 1;
+                        return;
+                    }
                 }
-                Coordinates::File { .. } => {
-                    topic.append_null();
-                    partition.append_null();
-                    offset.append_null();
-                    timestamp.append_null();
+                self.runs.push(SourceRun::File { path: path.clone(), first_index: *index, len: 1 });
+            }
+            Coordinates::Kafka { topic, partition, offset, timestamp_ms } => {
+                let timestamp = timestamp_ms.and_then(|ms| ms.checked_mul(1000));
+                let valid = self.timestamps_valid.get_or_insert_with(|| NullBufferBuilder::new(0));
+                valid.append(timestamp.is_some());
+                self.timestamps.push(timestamp.unwrap_or_default());
+                self.offsets.push(*offset);
+                if let Some(SourceRun::Kafka { topic: t, partition: p, len }) = self.runs.last_mut() {
+                    if *p == *partition && (Arc::ptr_eq(t, topic) || t == topic) {
+                        *len += 1;
+                        return;
+                    }
                 }
+                self.runs.push(SourceRun::Kafka { topic: topic.clone(), partition: *partition, len: 1 });
             }
         }
-        (Arc::new(topic.finish()), Arc::new(partition.finish()), Arc::new(offset.finish()), utc(timestamp.finish()))
-    };
-    let (file, index): (ArrayRef, ArrayRef) = if files == 0 {
-        (Arc::new(StringArray::new_null(n)), Arc::new(Int64Array::new_null(n)))
-    } else {
-        let first = coordinates.iter().find_map(|c| match c {
-            Coordinates::File { path, .. } => Some(path.len()),
-            Coordinates::Kafka { .. } => None,
-        });
-        let mut file = StringBuilder::with_capacity(n, first.unwrap_or(0) * files);
-        let mut index = Int64Builder::with_capacity(n);
-        for c in coordinates {
-            match c {
-                Coordinates::File { path, index: i } => {
-                    file.append_value(path.as_ref());
-                    index.append_value(*i as i64);
-                }
-                Coordinates::Kafka { .. } => {
-                    file.append_null();
-                    index.append_null();
+    }
+
+    fn clear(&mut self) {
+        self.rows = 0;
+        self.runs.clear();
+        self.offsets.clear();
+        self.timestamps.clear();
+        self.timestamps_valid = None;
+    }
+
+    /// The metadata columns of the logged rows (`source_fields` order), `ingested_at` in every
+    /// row; the log is left empty.
+    fn finish(&mut self, ingested_at: i64) -> Result<Vec<ArrayRef>, ArrowError> {
+        let n = self.rows;
+        let kafka_rows = self.offsets.len();
+        let utc = |a: TimestampMicrosecondArray| Arc::new(a.with_timezone("UTC")) as ArrayRef;
+        // Batches come from one kind of source; the other kind's columns are all null, made
+        // without a pass over the rows.
+        let (topic, partition, offset, timestamp): (ArrayRef, ArrayRef, ArrayRef, ArrayRef) = if kafka_rows == 0 {
+            (
+                Arc::new(StringArray::new_null(n)),
+                Arc::new(Int32Array::new_null(n)),
+                Arc::new(Int64Array::new_null(n)),
+                utc(TimestampMicrosecondArray::new_null(n)),
+            )
+        } else {
+            let topics = repeated_strings(
+                self.runs.iter().map(|r| match r {
+                    SourceRun::Kafka { topic, len, .. } => (Some(topic.as_ref()), *len),
+                    SourceRun::File { len, .. } => (None, *len),
+                }),
+                n,
+            )?;
+            let mut partitions = Vec::with_capacity(n);
+            let mut offsets = Vec::with_capacity(n);
+            let mut timestamps = Vec::with_capacity(n);
+            let mut kafka = NullBufferBuilder::new(n);
+            let mut valid = NullBufferBuilder::new(n);
+            let taken = self.timestamps_valid.take().and_then(|mut v| v.finish());
+            let mut at = 0;
+            for run in &self.runs {
+                match run {
+                    SourceRun::Kafka { partition, len, .. } => {
+                        partitions.extend(std::iter::repeat_n(*partition, *len));
+                        offsets.extend_from_slice(&self.offsets[at..at + len]);
+                        timestamps.extend_from_slice(&self.timestamps[at..at + len]);
+                        kafka.append_n_non_nulls(*len);
+                        match &taken {
+                            Some(t) => (at..at + len).for_each(|i| valid.append(t.is_valid(i))),
+                            None => valid.append_n_non_nulls(*len),
+                        }
+                        at += len;
+                    }
+                    SourceRun::File { len, .. } => {
+                        partitions.extend(std::iter::repeat_n(0, *len));
+                        offsets.extend(std::iter::repeat_n(0, *len));
+                        timestamps.extend(std::iter::repeat_n(0, *len));
+                        kafka.append_n_nulls(*len);
+                        valid.append_n_nulls(*len);
+                    }
                 }
             }
+            let kafka = kafka.finish();
+            (
+                Arc::new(topics),
+                Arc::new(Int32Array::new(ScalarBuffer::from(partitions), kafka.clone())),
+                Arc::new(Int64Array::new(ScalarBuffer::from(offsets), kafka)),
+                utc(TimestampMicrosecondArray::new(ScalarBuffer::from(timestamps), valid.finish())),
+            )
+        };
+        let (file, index): (ArrayRef, ArrayRef) = if kafka_rows == n {
+            (Arc::new(StringArray::new_null(n)), Arc::new(Int64Array::new_null(n)))
+        } else {
+            let files = repeated_strings(
+                self.runs.iter().map(|r| match r {
+                    SourceRun::File { path, len, .. } => (Some(path.as_ref()), *len),
+                    SourceRun::Kafka { len, .. } => (None, *len),
+                }),
+                n,
+            )?;
+            let mut indexes = Vec::with_capacity(n);
+            let mut nulls = NullBufferBuilder::new(n);
+            for run in &self.runs {
+                match run {
+                    SourceRun::File { first_index, len, .. } => {
+                        indexes.extend((0..*len as u64).map(|i| (first_index + i) as i64));
+                        nulls.append_n_non_nulls(*len);
+                    }
+                    SourceRun::Kafka { len, .. } => {
+                        indexes.extend(std::iter::repeat_n(0, *len));
+                        nulls.append_n_nulls(*len);
+                    }
+                }
+            }
+            (Arc::new(files), Arc::new(Int64Array::new(ScalarBuffer::from(indexes), nulls.finish())))
+        };
+        self.clear();
+        Ok(vec![
+            topic,
+            partition,
+            offset,
+            timestamp,
+            file,
+            index,
+            utc(TimestampMicrosecondArray::from_value(ingested_at, n)),
+        ])
+    }
+}
+
+/// A string column of `n` rows given as runs of one value (or of nulls).
+fn repeated_strings<'a>(
+    runs: impl Iterator<Item = (Option<&'a str>, usize)>,
+    n: usize,
+) -> Result<StringArray, ArrowError> {
+    let too_long = || ArrowError::ComputeError("source coordinates of one batch pass 2 GiB".into());
+    let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
+    let mut values: Vec<u8> = Vec::new();
+    let mut nulls = NullBufferBuilder::new(n);
+    offsets.push(0);
+    for (value, len) in runs {
+        match value {
+            Some(v) => {
+                values.reserve(v.len() * len);
+                for _ in 0..len {
+                    values.extend_from_slice(v.as_bytes());
+                    offsets.push(i32::try_from(values.len()).map_err(|_| too_long())?);
+                }
+                nulls.append_n_non_nulls(len);
+            }
+            None => {
+                let end = *offsets.last().unwrap_or(&0);
+                offsets.extend(std::iter::repeat_n(end, len));
+                nulls.append_n_nulls(len);
+            }
         }
-        (Arc::new(file.finish()), Arc::new(index.finish()))
-    };
-    vec![topic, partition, offset, timestamp, file, index, utc(TimestampMicrosecondArray::from_value(ingested_at, n))]
+    }
+    StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), values.into(), nulls.finish())
+}
+
+/// The metadata columns (`source_fields` order) of rows from `coordinates`, each stamped
+/// `ingested_at`.
+pub(crate) fn source_columns_for(coordinates: &[Coordinates], ingested_at: i64) -> Result<Vec<ArrayRef>, ArrowError> {
+    let mut log = SourceLog::default();
+    for c in coordinates {
+        log.push(c);
+    }
+    log.finish(ingested_at)
 }
 
 /// The decoder's fields with the pinned contract's nullability (matched by name).
@@ -565,14 +610,15 @@ fn with_nullability(decoded: &Fields, pinned: &Fields) -> Fields {
         .collect()
 }
 
-/// NOT NULL columns of the contract that the decoder may leave null (through structs).
-fn not_null_rules(decoded: &Fields, pinned: &Fields, path: &mut Vec<String>) -> Vec<NotNullRule> {
+/// Paths of the NOT NULL columns of the contract that the decoder may leave null (through
+/// structs).
+fn not_null_rules(decoded: &Fields, pinned: &Fields, path: &mut Vec<String>) -> Vec<Vec<String>> {
     let mut rules = Vec::new();
     for f in decoded {
         let Some((_, p)) = pinned.find(f.name()) else { continue };
         path.push(f.name().clone());
         if !p.is_nullable() && f.is_nullable() {
-            rules.push(NotNullRule { path: path.clone() });
+            rules.push(path.clone());
         }
         if let (DataType::Struct(d), DataType::Struct(pc)) = (f.data_type(), p.data_type()) {
             rules.extend(not_null_rules(d, pc, path));
@@ -643,8 +689,22 @@ mod tests {
     #[test]
     fn source_columns_of_files_kafka_and_a_mix() {
         let schema = Schema::new(source_fields());
-        for coordinates in [vec![file(0), file(1)], vec![kafka(7), kafka(8)], vec![file(4), kafka(9)]] {
-            let columns = source_columns_for(&coordinates, 1_000_000);
+        let other_file = Coordinates::File { path: Arc::from("/in/other.pb"), index: 2 };
+        let other_partition =
+            Coordinates::Kafka { topic: Arc::from("ads"), partition: 4, offset: 8, timestamp_ms: None };
+        let other_topic =
+            Coordinates::Kafka { topic: Arc::from("clicks"), partition: 3, offset: 9, timestamp_ms: Some(5) };
+        for coordinates in [
+            vec![file(0), file(1)],
+            // Runs break at a skipped index, at another file, and back at the first file.
+            vec![file(0), file(1), file(5), other_file.clone(), file(6), file(7)],
+            vec![kafka(7), kafka(8)],
+            vec![kafka(7), other_partition.clone(), kafka(9), other_topic.clone(), kafka(12)],
+            vec![file(4), kafka(9)],
+            vec![kafka(1), file(4), file(5), other_partition, other_file, kafka(2), other_topic],
+            Vec::new(),
+        ] {
+            let columns = source_columns_for(&coordinates, 1_000_000).unwrap();
             // The columns match the table's metadata fields, type by type.
             for (c, f) in columns.iter().zip(schema.fields()) {
                 assert_eq!(c.data_type(), f.data_type(), "{}", f.name());
@@ -659,16 +719,170 @@ mod tests {
                         assert_eq!(at(4).as_deref(), Some(path.as_ref()));
                         assert_eq!(at(5), Some(index.to_string()));
                     }
-                    Coordinates::Kafka { topic, partition, offset, .. } => {
+                    Coordinates::Kafka { topic, partition, offset, timestamp_ms } => {
                         assert_eq!(at(0).as_deref(), Some(topic.as_ref()));
                         assert_eq!(at(1), Some(partition.to_string()));
                         assert_eq!(at(2), Some(offset.to_string()));
-                        assert!(at(3).unwrap().starts_with("1970-01-01T00:00:00.0"), "{:?}", at(3));
+                        match timestamp_ms {
+                            Some(ms) => assert_eq!(
+                                at(3).as_deref(),
+                                Some(format!("1970-01-01T00:00:00.{:03}Z", ms).as_str()),
+                                "row {row}"
+                            ),
+                            None => assert_eq!(at(3), None, "row {row}"),
+                        }
                         assert_eq!([at(4), at(5)], [None, None]);
                     }
                 }
                 assert_eq!(at(6).as_deref(), Some("1970-01-01T00:00:01Z"));
             }
         }
+    }
+
+    /// A decoder of a small message with a nested one, and the message encoder.
+    fn event_decoder() -> (Decoder, prost_reflect::MessageDescriptor) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("ev.proto"),
+            r#"syntax = "proto3";
+package t;
+message Header { int64 sent_ms = 1; optional string source = 2; }
+message Ev { int64 ts_s = 1; Header header = 2; string id = 3; optional string note = 4; }
+"#,
+        )
+        .unwrap();
+        let fds = protox::compile(["ev.proto"], [dir.path()]).unwrap();
+        let pool = crate::decode::Pool::from_prost(&fds).unwrap();
+        let decoder = Decoder::new(&pool, "t.Ev", &crate::decode::DecodeOptions::default()).unwrap();
+        let reflect = prost_reflect::DescriptorPool::from_file_descriptor_set(fds).unwrap();
+        (decoder, reflect.get_message_by_name("t.Ev").unwrap())
+    }
+
+    /// `Ev` with the given fields set: (field, value) with `header.` for the nested message's.
+    fn ev(desc: &prost_reflect::MessageDescriptor, fields: &[(&str, &str)]) -> Vec<u8> {
+        use prost::Message;
+        use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+        let value =
+            |d: &prost_reflect::MessageDescriptor, name: &str, v: &str| match d.get_field_by_name(name).unwrap().kind()
+            {
+                prost_reflect::Kind::Int64 => Value::I64(v.parse().unwrap()),
+                _ => Value::String(v.to_string()),
+            };
+        let mut m = DynamicMessage::new(desc.clone());
+        for (name, v) in fields {
+            match name.strip_prefix("header.") {
+                Some(inner) => {
+                    let mut header = match m.get_field_by_name("header").as_deref() {
+                        Some(Value::Message(h)) if m.has_field_by_name("header") => h.clone(),
+                        _ => DynamicMessage::new(
+                            desc.get_field_by_name("header").unwrap().kind().as_message().unwrap().clone(),
+                        ),
+                    };
+                    let hv = value(&header.descriptor(), inner, v);
+                    header.set_field_by_name(inner, hv);
+                    m.set_field_by_name("header", Value::Message(header));
+                }
+                None => {
+                    let fv = value(desc, name, v);
+                    m.set_field_by_name(name, fv);
+                }
+            }
+        }
+        m.encode_to_vec()
+    }
+
+    fn string_column(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
+        let c = batch.column_by_name(name).unwrap();
+        (0..c.len())
+            .map(|i| c.is_valid(i).then(|| arrow::util::display::array_value_to_string(c, i).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn a_row_without_an_event_time_is_a_dead_letter_with_its_bytes_and_its_neighbours_stay() {
+        let (decoder, desc) = event_decoder();
+        let et = EventTime { field: "header.sent_ms".into(), unit: Some(EventUnit::Milliseconds) };
+        let mut pipeline = TablePipeline::new(decoder, None, Some(&et), 1 << 20).unwrap();
+        let records = [
+            ev(&desc, &[("id", "a"), ("header.sent_ms", "86400000")]),
+            // No header: its field has no value (Spark reads header.sent_ms as NULL).
+            ev(&desc, &[("id", "b")]),
+            ev(&desc, &[("id", "c"), ("header.sent_ms", "172800000")]),
+            // A header without sent_ms holds proto3's zero: 1970-01-01.
+            ev(&desc, &[("id", "d"), ("header.source", "x")]),
+        ];
+        let mut asked = 0;
+        for (i, r) in records.iter().enumerate() {
+            pipeline.push_with_headers(r, &file(i as u64), || {
+                asked += 1;
+                vec![("h".into(), Some(b"v".to_vec()))]
+            });
+        }
+        assert_eq!(asked, 1, "headers are taken only for the dead letter");
+        assert_eq!(pipeline.pending(), 4);
+        let (batch, dead) = pipeline.take(0).unwrap();
+        let batch = batch.unwrap();
+        assert_eq!(string_column(&batch, "id"), [Some("a".into()), Some("c".into()), Some("d".into())]);
+        assert_eq!(string_column(&batch, SOURCE_INDEX), [Some("0".into()), Some("2".into()), Some("3".into())]);
+        assert_eq!(
+            string_column(&batch, EVENT_DATE),
+            [Some("1970-01-02".into()), Some("1970-01-03".into()), Some("1970-01-01".into())]
+        );
+        assert_eq!(dead.len(), 1);
+        let d = &dead[0];
+        assert_eq!((d.reason.as_str(), d.field_path.as_str()), ("missing_event_time", "header.sent_ms"));
+        assert!(d.message.contains("has no value"), "{}", d.message);
+        assert_eq!(d.raw, records[1]);
+        assert_eq!(d.coordinates, file(1));
+        assert_eq!(d.headers, vec![("h".to_string(), Some(b"v".to_vec()))]);
+        assert_eq!(pipeline.pending(), 0);
+    }
+
+    #[test]
+    fn an_event_time_beyond_the_timestamp_range_is_refused_with_the_value() {
+        let (decoder, desc) = event_decoder();
+        let et = EventTime { field: "ts_s".into(), unit: Some(EventUnit::Seconds) };
+        let mut pipeline = TablePipeline::new(decoder, None, Some(&et), 1 << 20).unwrap();
+        let huge = ev(&desc, &[("ts_s", &(i64::MAX / 10).to_string()), ("id", "big")]);
+        pipeline.push(&ev(&desc, &[("ts_s", "86400"), ("id", "ok")]), &kafka(5));
+        pipeline.push(&huge, &kafka(6));
+        let (batch, dead) = pipeline.take(0).unwrap();
+        let batch = batch.unwrap();
+        assert_eq!(string_column(&batch, "id"), [Some("ok".into())]);
+        assert_eq!(string_column(&batch, SOURCE_OFFSET), [Some("5".into())]);
+        assert_eq!(string_column(&batch, EVENT_DATE), [Some("1970-01-02".into())]);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].reason, "missing_event_time");
+        assert!(dead[0].message.contains(&format!("{} seconds", i64::MAX / 10)), "{}", dead[0].message);
+        assert_eq!((dead[0].raw.as_slice(), &dead[0].coordinates), (huge.as_slice(), &kafka(6)));
+    }
+
+    #[test]
+    fn contract_not_nulls_refuse_the_row_at_once_but_not_beneath_an_absent_parent() {
+        let (decoder, desc) = event_decoder();
+        let contract = Contract::parse(
+            "ts_s BIGINT NOT NULL,\nheader STRUCT<sent_ms: BIGINT NOT NULL, source: STRING NOT NULL>,\nid STRING NOT NULL,\nnote STRING NOT NULL",
+        )
+        .unwrap();
+        let mut pipeline = TablePipeline::new(decoder, Some(&contract), None, 1 << 20).unwrap();
+        let records = [
+            ev(&desc, &[("id", "a"), ("note", "n")]),
+            ev(&desc, &[("id", "b")]),
+            ev(&desc, &[("id", "c"), ("note", "n"), ("header.sent_ms", "1")]),
+            ev(&desc, &[("id", "d"), ("note", "n"), ("header.source", "s")]),
+        ];
+        for (i, r) in records.iter().enumerate() {
+            pipeline.push(r, &file(i as u64));
+        }
+        let (batch, dead) = pipeline.take(0).unwrap();
+        let batch = batch.unwrap();
+        // Row a: header absent, so header.source is not checked (header itself may be null).
+        assert_eq!(string_column(&batch, "id"), [Some("a".into()), Some("d".into())]);
+        assert_eq!(string_column(&batch, SOURCE_INDEX), [Some("0".into()), Some("3".into())]);
+        assert!(!batch.schema().field_with_name("note").unwrap().is_nullable());
+        let got: Vec<_> = dead.iter().map(|d| (d.field_path.as_str(), d.coordinates.clone(), d.raw.clone())).collect();
+        assert_eq!(got, [("note", file(1), records[1].clone()), ("header.source", file(2), records[2].clone()),]);
+        assert!(dead.iter().all(|d| d.reason == "not_null_violated"));
+        assert_eq!(dead[0].message, "note is NOT NULL in the contract but the record has no value");
     }
 }

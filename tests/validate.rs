@@ -61,7 +61,7 @@ fn records_breaking_rules_become_dead_letters_listing_every_violation() {
     let good = Order { id: "o-1".into(), quantity: 2, line: Some(Line { sku: "SKU-1".into() }) };
     let bad = Order { id: "x".into(), quantity: 0, line: Some(Line { sku: "ABC".into() }) };
     for (i, o) in [&good, &bad, &good].iter().enumerate() {
-        pipeline.push(&o.encode_to_vec(), Coordinates::File { path: "f".into(), index: i as u64 });
+        pipeline.push(&o.encode_to_vec(), &Coordinates::File { path: "f".into(), index: i as u64 });
     }
     let (batch, dead) = pipeline.take(0).unwrap();
     assert_eq!(batch.unwrap().num_rows(), 2);

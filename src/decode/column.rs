@@ -266,6 +266,34 @@ impl Column {
         }
     }
 
+    /// The last row's value (None for an empty column).
+    pub fn last_value(&self) -> Option<super::LastValue> {
+        use super::LastValue;
+        let len = self.len();
+        let last = len.checked_sub(1)?;
+        let nulls = match self {
+            Column::Bool(c) => &c.nulls,
+            Column::I32(c) => &c.nulls,
+            Column::I64(c, _) => &c.nulls,
+            Column::U32(c) => &c.nulls,
+            Column::U64(c) => &c.nulls,
+            Column::F32(c) => &c.nulls,
+            Column::F64(c) => &c.nulls,
+            Column::Bytes(c) => &c.nulls,
+            Column::Struct(c) => &c.nulls,
+            Column::List(_) => &None,
+        };
+        if nulls.as_ref().is_some_and(|n| !n.is_valid(last)) {
+            return Some(LastValue::Null);
+        }
+        Some(match self {
+            Column::I32(c) => LastValue::Int(i64::from(c.values[last])),
+            Column::I64(c, _) => LastValue::Int(c.values[last]),
+            Column::U32(c) => LastValue::Int(i64::from(c.values[last])),
+            _ => LastValue::Present,
+        })
+    }
+
     fn nullable(&self) -> bool {
         match self {
             Column::Bool(c) => c.nulls.is_some(),

@@ -31,6 +31,7 @@ pub use descriptor::Pool;
 pub use error::{Reason, RecordError, SchemaError};
 pub use plan::{EMPTY_STRUCT_FIELD, LIST_ELEMENT, MAP_ENTRIES};
 
+use column::Column;
 use message::MessageNode;
 use wire::Reader;
 
@@ -40,6 +41,22 @@ pub struct DecodeOptions {
     /// `recursive.fields.max.depth`: how many times a message type may appear on one path
     /// (1..=10). Unset, a recursive message is a schema error.
     pub recursion_depth: Option<u32>,
+}
+
+/// A column of the decoded schema, by field index from the root through singular messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnPath(Vec<usize>);
+
+/// One value of the last decoded row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastValue {
+    /// A message on the way to the column is absent.
+    ParentNull,
+    Null,
+    /// The value of an integer column (int32, int64, uint32; timestamps in microseconds).
+    Int(i64),
+    /// A value of another type.
+    Present,
 }
 
 pub struct Decoder {
@@ -93,6 +110,55 @@ impl Decoder {
                 self.root.truncate(self.rows);
                 Err(e)
             }
+        }
+    }
+
+    /// Where the column at `names` (a field, then fields of singular messages) sits, for
+    /// [`last_value`](Self::last_value). None if no such column, or the path goes through a
+    /// list or a map.
+    pub fn column_path(&self, names: &[String]) -> Option<ColumnPath> {
+        let mut node = &self.root;
+        let mut path = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let index = node.fields.iter().position(|f| f.name == *name)?;
+            path.push(index);
+            if i + 1 < names.len() {
+                match &node.fields[index].col {
+                    Column::Struct(s) => node = &s.node,
+                    _ => return None,
+                }
+            }
+        }
+        (!path.is_empty()).then_some(ColumnPath(path))
+    }
+
+    /// The last decoded row's value at `path` (None when no row was decoded since the last
+    /// flush). Lets a caller check a decoded record before it becomes part of the batch, and
+    /// take it back with [`drop_last`](Self::drop_last) while its bytes are still at hand.
+    pub fn last_value(&self, path: &ColumnPath) -> Option<LastValue> {
+        if self.rows == 0 {
+            return None;
+        }
+        let (leaf, parents) = path.0.split_last()?;
+        let mut node = &self.root;
+        for &index in parents {
+            let Column::Struct(s) = &node.fields.get(index)?.col else { return None };
+            if s.len == 0 {
+                return None;
+            }
+            if s.nulls.as_ref().is_some_and(|n| !n.is_valid(s.len - 1)) {
+                return Some(LastValue::ParentNull);
+            }
+            node = &s.node;
+        }
+        node.fields.get(*leaf).and_then(|f| f.col.last_value())
+    }
+
+    /// Takes back the last decoded row, as if its record had never been offered.
+    pub fn drop_last(&mut self) {
+        if self.rows > 0 {
+            self.rows -= 1;
+            self.root.truncate(self.rows);
         }
     }
 

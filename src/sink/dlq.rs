@@ -57,7 +57,7 @@ pub fn dead_letter_batch(
         Arc::new(StringArray::from_iter_values(letters.iter().map(|_| contract_version))),
     ];
     let coordinates: Vec<_> = letters.iter().map(|l| l.coordinates.clone()).collect();
-    columns.extend(crate::pipeline::source_columns_for(&coordinates, ingested_at_micros));
+    columns.extend(crate::pipeline::source_columns_for(&coordinates, ingested_at_micros)?);
     let entry = StructBuilder::new(
         header_fields(),
         vec![Box::new(StringBuilder::new()) as Box<dyn arrow::array::ArrayBuilder>, Box::new(BinaryBuilder::new())],
