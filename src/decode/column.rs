@@ -267,31 +267,35 @@ impl Column {
     }
 
     /// The last row's value (None for an empty column).
+    #[inline]
     pub fn last_value(&self) -> Option<super::LastValue> {
         use super::LastValue;
-        let len = self.len();
-        let last = len.checked_sub(1)?;
-        let nulls = match self {
-            Column::Bool(c) => &c.nulls,
-            Column::I32(c) => &c.nulls,
-            Column::I64(c, _) => &c.nulls,
-            Column::U32(c) => &c.nulls,
-            Column::U64(c) => &c.nulls,
-            Column::F32(c) => &c.nulls,
-            Column::F64(c) => &c.nulls,
-            Column::Bytes(c) => &c.nulls,
-            Column::Struct(c) => &c.nulls,
-            Column::List(_) => &None,
-        };
-        if nulls.as_ref().is_some_and(|n| !n.is_valid(last)) {
-            return Some(LastValue::Null);
+        fn of<T>(c: &PrimCol<T>, value: impl Fn(&T) -> LastValue) -> Option<LastValue> {
+            let last = c.values.len().checked_sub(1)?;
+            Some(match &c.nulls {
+                Some(n) if !n.is_valid(last) => LastValue::Null,
+                _ => value(&c.values[last]),
+            })
         }
-        Some(match self {
-            Column::I32(c) => LastValue::Int(i64::from(c.values[last])),
-            Column::I64(c, _) => LastValue::Int(c.values[last]),
-            Column::U32(c) => LastValue::Int(i64::from(c.values[last])),
-            _ => LastValue::Present,
-        })
+        fn valid(nulls: &Option<NullBufferBuilder>, len: usize) -> Option<LastValue> {
+            let last = len.checked_sub(1)?;
+            Some(match nulls {
+                Some(n) if !n.is_valid(last) => LastValue::Null,
+                _ => LastValue::Present,
+            })
+        }
+        match self {
+            Column::I64(c, _) => of(c, |v| LastValue::Int(*v)),
+            Column::I32(c) => of(c, |v| LastValue::Int(i64::from(*v))),
+            Column::U32(c) => of(c, |v| LastValue::Int(i64::from(*v))),
+            Column::Bool(c) => of(c, |_| LastValue::Present),
+            Column::U64(c) => of(c, |_| LastValue::Present),
+            Column::F32(c) => of(c, |_| LastValue::Present),
+            Column::F64(c) => of(c, |_| LastValue::Present),
+            Column::Bytes(c) => valid(&c.nulls, c.len()),
+            Column::Struct(c) => valid(&c.nulls, c.len),
+            Column::List(c) => valid(&None, c.offsets.len() - 1),
+        }
     }
 
     fn nullable(&self) -> bool {
