@@ -4,7 +4,9 @@
 //! Run: `cargo bench --bench backfill` (options: `-- --records N`, default 10,000,000;
 //! `--plain id,url` to write those columns without dictionary encoding; `--input FILE` keeps the
 //! generated events in FILE and reuses them on the next run; `--parts 0` skips the timing of
-//! decode and Parquet alone).
+//! decode and Parquet alone; `--yardstick` runs only the yardstick: the records framed, decoded
+//! and their 8 payload columns Parquet-encoded to memory, no table; timed as a whole process
+//! in turn with a backfill, it gives a ratio that the machine's drift does not move).
 //! Prints rows/s (and per core), input MB/s, output bytes per row and peak RSS.
 
 use std::io::Write;
@@ -55,6 +57,21 @@ fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     let fds = protox::compile(["protolake/examples/v1/events.proto"], [dir]).expect("proto compiles");
     let pool = Pool::from_prost(&fds).unwrap();
+    if std::env::args().any(|a| a == "--yardstick") {
+        let (decode_cpu, parquet_cpu, out_bytes) = yardstick(&pool, &input, n);
+        println!(
+            "yardstick: {n} flat events framed, decoded and Parquet-encoded (8 payload columns, zstd 1) to memory:"
+        );
+        println!(
+            "  {:.2} M rows per CPU-second ({:.0} ns/row decoding, {:.0} ns/row Parquet), {:.1} bytes/row",
+            n as f64 / (decode_cpu + parquet_cpu) / 1e6,
+            decode_cpu / n as f64 * 1e9,
+            parquet_cpu / n as f64 * 1e9,
+            out_bytes as f64 / n as f64
+        );
+        println!("  peak RSS {:.0} MiB", peak_rss_mib());
+        return;
+    }
     let decoder = Decoder::new(&pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
     let location = work.path().join("table").display().to_string();
     let spec = BackfillSpec {
@@ -100,6 +117,34 @@ fn main() {
 /// columns Parquet-encoded alone (zstd 1, page statistics, to memory), each on this thread's CPU
 /// clock. Their sum is the floor of a backfill that adds nothing between them.
 fn components(pool: &Pool, input: &Path, n: usize) {
+    let (decode_cpu, parquet_cpu, out_bytes) = yardstick(pool, input, n);
+    let (pipeline_cpu, table_parquet_cpu) = pipeline_and_table_parquet(pool, input, n);
+    println!("the same records, each step alone on one thread:");
+    println!(
+        "  frame + decode: {:.0} ns/row ({:.2} M rows per CPU-second)",
+        decode_cpu / n as f64 * 1e9,
+        n as f64 / decode_cpu / 1e6
+    );
+    println!(
+        "  Parquet (8 payload columns, zstd 1, page statistics, to memory): {:.0} ns/row ({:.2} M rows per CPU-second), {:.1} bytes/row",
+        parquet_cpu / n as f64 * 1e9,
+        n as f64 / parquet_cpu / 1e6,
+        out_bytes as f64 / n as f64
+    );
+    println!("  together: {:.2} M rows per CPU-second", n as f64 / (decode_cpu + parquet_cpu) / 1e6);
+    println!(
+        "  frame + decode + rules + metadata columns (the pipeline's batches): {:.0} ns/row",
+        pipeline_cpu / n as f64 * 1e9
+    );
+    println!(
+        "  Parquet of those batches (the table's 15 file columns, protolake's settings): {:.0} ns/row",
+        table_parquet_cpu / n as f64 * 1e9
+    );
+}
+
+/// The yardstick: the records framed and decoded, and the 8 payload columns Parquet-encoded
+/// (zstd 1, page statistics) to memory. CPU seconds of each step on this thread, output bytes.
+fn yardstick(pool: &Pool, input: &Path, n: usize) -> (f64, f64, usize) {
     use protolake::source::file::DelimitedReader;
     let mut decoder = Decoder::new(pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
     let file = std::fs::File::open(input).unwrap();
@@ -139,28 +184,7 @@ fn components(pool: &Pool, input: &Path, n: usize) {
     }
     parquet_cpu += thread_cpu_seconds() - t;
     assert_eq!(rows, n);
-    let (pipeline_cpu, table_parquet_cpu) = pipeline_and_table_parquet(pool, input, n);
-    println!("the same records, each step alone on one thread:");
-    println!(
-        "  frame + decode: {:.0} ns/row ({:.2} M rows per CPU-second)",
-        decode_cpu / n as f64 * 1e9,
-        n as f64 / decode_cpu / 1e6
-    );
-    println!(
-        "  Parquet (8 payload columns, zstd 1, page statistics, to memory): {:.0} ns/row ({:.2} M rows per CPU-second), {:.1} bytes/row",
-        parquet_cpu / n as f64 * 1e9,
-        n as f64 / parquet_cpu / 1e6,
-        out_bytes as f64 / n as f64
-    );
-    println!("  together: {:.2} M rows per CPU-second", n as f64 / (decode_cpu + parquet_cpu) / 1e6);
-    println!(
-        "  frame + decode + rules + metadata columns (the pipeline's batches): {:.0} ns/row",
-        pipeline_cpu / n as f64 * 1e9
-    );
-    println!(
-        "  Parquet of those batches (the table's 15 file columns, protolake's settings): {:.0} ns/row",
-        table_parquet_cpu / n as f64 * 1e9
-    );
+    (decode_cpu, parquet_cpu, out_bytes)
 }
 
 /// The pipeline's own batches (payload, metadata columns, event date) and their Parquet encoding

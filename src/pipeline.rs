@@ -249,28 +249,21 @@ impl TablePipeline {
 
     /// The first record rule the row just decoded breaks: a NOT NULL of the contract, or an
     /// event time that gives no date.
+    #[inline(always)]
     fn refusal(&self) -> Option<Refusal> {
         for rule in &self.not_null {
             // A null parent is not this column's violation (the parent's own rule covers it).
             if self.decoder.last_value(&rule.column) == Some(LastValue::Null) {
-                let message = format!("{} is NOT NULL in the contract but the record has no value", rule.display);
-                return Some(("not_null_violated", rule.display.clone(), message));
+                return Some(not_null_refusal(rule));
             }
         }
         let et = self.event_time.as_ref()?;
-        let missing = |message: String| Some(("missing_event_time", et.display.clone(), message));
         match self.decoder.last_value(&et.column) {
             Some(LastValue::Int(v)) => match et.unit {
-                Some(unit) if unit.to_micros(v).is_none() => missing(format!(
-                    "{} = {v} {} is beyond the range of a timestamp, so the row has no event_date partition",
-                    et.display,
-                    unit.as_str()
-                )),
+                Some(unit) if unit.to_micros(v).is_none() => Some(event_time_refusal(et, Some(v))),
                 _ => None,
             },
-            Some(LastValue::Null | LastValue::ParentNull) => {
-                missing(format!("{} has no value, so the row has no event_date partition", et.display))
-            }
+            Some(LastValue::Null | LastValue::ParentNull) => Some(event_time_refusal(et, None)),
             Some(LastValue::Present) | None => None,
         }
     }
@@ -321,6 +314,26 @@ impl TablePipeline {
         let batch = conform(columns, &self.table_schema, rows)?;
         Ok((Some(batch), dead))
     }
+}
+
+#[cold]
+fn not_null_refusal(rule: &NotNullRule) -> Refusal {
+    let message = format!("{} is NOT NULL in the contract but the record has no value", rule.display);
+    ("not_null_violated", rule.display.clone(), message)
+}
+
+/// An event time without a value (`None`) or beyond a timestamp's range.
+#[cold]
+fn event_time_refusal(et: &EventTimeColumn, value: Option<i64>) -> Refusal {
+    let message = match (value, et.unit) {
+        (Some(v), Some(unit)) => format!(
+            "{} = {v} {} is beyond the range of a timestamp, so the row has no event_date partition",
+            et.display,
+            unit.as_str()
+        ),
+        _ => format!("{} has no value, so the row has no event_date partition", et.display),
+    };
+    ("missing_event_time", et.display.clone(), message)
 }
 
 fn event_date_field() -> Field {

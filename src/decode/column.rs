@@ -267,7 +267,7 @@ impl Column {
     }
 
     /// The last row's value (None for an empty column).
-    #[inline]
+    #[inline(always)]
     pub fn last_value(&self) -> Option<super::LastValue> {
         use super::LastValue;
         fn of<T>(c: &PrimCol<T>, value: impl Fn(&T) -> LastValue) -> Option<LastValue> {

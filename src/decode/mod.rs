@@ -135,7 +135,7 @@ impl Decoder {
     /// The last decoded row's value at `path` (None when no row was decoded since the last
     /// flush). Lets a caller check a decoded record before it becomes part of the batch, and
     /// take it back with [`drop_last`](Self::drop_last) while its bytes are still at hand.
-    #[inline]
+    #[inline(always)]
     pub fn last_value(&self, path: &ColumnPath) -> Option<LastValue> {
         if self.rows == 0 {
             return None;

@@ -56,12 +56,39 @@ impl<R: BufRead> DelimitedReader<R> {
     }
 
     /// The next frame and its 0-based index, or None at the end of the input.
+    #[inline]
     pub fn next_frame(&mut self) -> io::Result<Option<(u64, Frame<'_>)>> {
         if self.pending > 0 {
             self.reader.consume(self.pending);
             self.bytes_read += self.pending as u64;
             self.pending = 0;
         }
+        // Usual case, kept small enough to inline into the caller's loop: the length prefix and
+        // the whole record are in the buffer.
+        if !self.done {
+            let buf = self.reader.fill_buf()?;
+            if let Some(end) = buf.iter().take(10).position(|b| *b < 0x80) {
+                let len = buf[..=end].iter().rev().fold(0u64, |v, b| (v << 7) | u64::from(b & 0x7f));
+                let start = end + 1;
+                if len <= self.max_record_bytes as u64 && (len as usize) <= buf.len() - start {
+                    let len = len as usize;
+                    self.reader.consume(start);
+                    self.bytes_read += start as u64;
+                    self.pending = len;
+                    let index = self.next_index;
+                    self.next_index += 1;
+                    let buf = self.reader.fill_buf()?;
+                    return Ok(Some((index, Frame::Record(&buf[..len]))));
+                }
+            }
+        }
+        self.next_frame_slow()
+    }
+
+    /// [`next_frame`](Self::next_frame) when the record is not wholly in the buffer, is too
+    /// large, or the input ends.
+    #[inline(never)]
+    fn next_frame_slow(&mut self) -> io::Result<Option<(u64, Frame<'_>)>> {
         if self.done {
             return Ok(None);
         }
