@@ -143,13 +143,11 @@ impl Decoder {
         let (leaf, parents) = path.0.split_last()?;
         let mut node = &self.root;
         for &index in parents {
-            let Column::Struct(s) = &node.fields.get(index)?.col else { return None };
-            if s.len == 0 {
-                return None;
-            }
-            if s.nulls.as_ref().is_some_and(|n| !n.is_valid(s.len - 1)) {
+            let col = &node.fields.get(index)?.col;
+            if col.last_value()? == LastValue::Null {
                 return Some(LastValue::ParentNull);
             }
+            let Column::Struct(s) = col else { return None };
             node = &s.node;
         }
         node.fields.get(*leaf).and_then(|f| f.col.last_value())

@@ -67,9 +67,7 @@ impl<R: BufRead> DelimitedReader<R> {
         // the whole record are in the buffer.
         if !self.done {
             let buf = self.reader.fill_buf()?;
-            if let Some(end) = buf.iter().take(10).position(|b| *b < 0x80) {
-                let len = buf[..=end].iter().rev().fold(0u64, |v, b| (v << 7) | u64::from(b & 0x7f));
-                let start = end + 1;
+            if let Some((len, start)) = whole_prefix(buf) {
                 if len <= self.max_record_bytes as u64 && (len as usize) <= buf.len() - start {
                     let len = len as usize;
                     self.reader.consume(start);
@@ -135,10 +133,9 @@ impl<R: BufRead> DelimitedReader<R> {
     fn read_length(&mut self) -> io::Result<LengthPrefix> {
         // Usual case: the whole prefix is in the buffer, read in one step.
         let buf = self.reader.fill_buf()?;
-        if let Some(end) = buf.iter().take(10).position(|b| *b < 0x80) {
-            let value = buf[..=end].iter().rev().fold(0u64, |v, b| (v << 7) | u64::from(b & 0x7f));
-            self.reader.consume(end + 1);
-            self.bytes_read += end as u64 + 1;
+        if let Some((value, prefix)) = whole_prefix(buf) {
+            self.reader.consume(prefix);
+            self.bytes_read += prefix as u64;
             return Ok(LengthPrefix::Len(value));
         }
         // The prefix straddles the buffer's end (or is malformed): byte by byte.
@@ -160,6 +157,14 @@ impl<R: BufRead> DelimitedReader<R> {
         // A length prefix longer than 10 bytes: the file is not delimited protobuf from here on.
         Ok(LengthPrefix::Cut(seen.to_vec()))
     }
+}
+
+/// The varint length prefix at the start of `buf` and its size in bytes, when it is wholly there.
+#[inline]
+fn whole_prefix(buf: &[u8]) -> Option<(u64, usize)> {
+    let end = buf.iter().take(10).position(|b| *b < 0x80)?;
+    let value = buf[..=end].iter().rev().fold(0u64, |v, b| (v << 7) | u64::from(b & 0x7f));
+    Some((value, end + 1))
 }
 
 enum LengthPrefix {
