@@ -308,7 +308,86 @@ fn main() {
     report("(a) protolake decoder → RecordBatch", &f[0], None);
     report("(b) prost structs, decode only (no Arrow)", &f[1], Some(&f[0]));
     report("(c) prost-reflect, decode + walk (no Arrow)", &f[2], Some(&f[0]));
+    rules(&flat, rounds);
     println!("\npeak RSS: {:.0} MiB (inputs included)", peak_rss_mib());
+}
+
+/// The flat event's fields under seven buf.validate rules (the same wire bytes), compiled with
+/// the shipped `proto/buf/validate/validate.proto`.
+const RULED: &str = r#"
+syntax = "proto3";
+package bench.v1;
+import "buf/validate/validate.proto";
+message RuledEvent {
+  int64 ts_ms = 1 [(buf.validate.field).int64.gt = 0];
+  string id = 2 [(buf.validate.field).string.uuid = true];
+  string event_type = 3 [(buf.validate.field).string = {in: ["impression", "click", "view", "conversion"]}];
+  string url = 4 [(buf.validate.field).string.uri = true];
+  int32 slot = 5 [(buf.validate.field).int32 = {gte: 0, lt: 16}];
+  double price = 6 [(buf.validate.field).double = {gte: 0, finite: true}];
+  bool viewable = 7;
+  string country = 8 [(buf.validate.field).string = {len: 2, pattern: "^[A-Z]{2}$"}];
+}
+"#;
+
+/// What the rules cost per record: the decoder alone, and the decoder plus the rules' check,
+/// over the same records (every one valid, so every rule is evaluated).
+fn rules(flat: &[Vec<u8>], rounds: usize) {
+    struct Ruled;
+    impl protox::file::FileResolver for Ruled {
+        fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
+            match name {
+                "bench/v1/ruled.proto" => protox::file::File::from_source(name, RULED),
+                _ => Err(protox::Error::file_not_found(name)),
+            }
+        }
+    }
+    let mut resolver = protox::file::ChainFileResolver::new();
+    resolver.add(Ruled);
+    resolver.add(protox::file::IncludeFileResolver::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("proto")));
+    resolver.add(protox::file::GoogleFileResolver::new());
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.include_imports(true);
+    compiler.open_file("bench/v1/ruled.proto").expect("bench proto compiles");
+    let pool = Pool::decode(&compiler.encode_file_descriptor_set()).expect("pool");
+    let validator = match protolake::validate::validator_for(&pool, "bench.v1.RuledEvent") {
+        Ok(Some(v)) => v,
+        Ok(None) => panic!("the bench message carries rules"),
+        Err(e) => {
+            println!("\nbuf.validate rules: not measured ({e})");
+            return;
+        }
+    };
+    let broken = flat.iter().filter(|b| !validator.check(b).is_empty()).count();
+    assert_eq!(broken, 0, "the bench's records are all valid");
+    println!("\nbuf.validate: the flat event under 7 field rules (uuid, in, uri, ranges, len + pattern), {} records", flat.len());
+    let mut decoder = Decoder::new(&pool, "bench.v1.RuledEvent", &DecodeOptions::default()).unwrap();
+    let mut plain = || {
+        let mut rows = 0;
+        for chunk in flat.chunks(BATCH) {
+            for bytes in chunk {
+                decoder.decode(bytes).expect("valid");
+            }
+            rows += black_box(decoder.flush().unwrap()).num_rows();
+        }
+        rows
+    };
+    let mut checked_decoder = Decoder::new(&pool, "bench.v1.RuledEvent", &DecodeOptions::default()).unwrap();
+    let mut checked = || {
+        let mut rows = 0;
+        for chunk in flat.chunks(BATCH) {
+            for bytes in chunk {
+                black_box(validator.check(bytes));
+                checked_decoder.decode(bytes).expect("valid");
+            }
+            rows += black_box(checked_decoder.flush().unwrap()).num_rows();
+        }
+        rows
+    };
+    let f = measure_interleaved(rounds, flat.len(), &mut [&mut plain, &mut checked]);
+    report("(a) protolake decoder", &f[0], None);
+    report("(b) decoder + buf.validate rules", &f[1], Some(&f[0]));
+    println!("  the rules add {:.0} ns a record", f[1].median_ns - f[0].median_ns);
 }
 
 fn report(name: &str, f: &Figures, baseline: Option<&Figures>) {

@@ -20,16 +20,20 @@ use protolake::close_books;
 use protolake::config::{
     DescriptorSource, EventTime, FlushPolicy, Framing, IngestConfig, KafkaConfig, ParquetOptions, TableConfig,
 };
-use protolake::contract::{delta_schema, to_ddl};
+use protolake::contract::{diff_types, Contract};
 use protolake::decode::{DecodeOptions, Decoder, Pool};
 use protolake::ingest;
 use protolake::metrics::{Health, Metrics};
 
 use crate::cli::QuickstartArgs;
+use crate::commands::derived_contract;
 
 const PROTO_PATH: &str = "protolake/examples/v1/events.proto";
 const PROTO_SOURCE: &str = include_str!("../proto/protolake/examples/v1/events.proto");
 const MESSAGE: &str = "protolake.examples.v1.AdImpression";
+/// The sample table's pinned contract, as `protolake ingest` reads it from `schemas/`.
+const CONTRACT_PATH: &str = "schemas/ad_impressions/v1.ddl";
+const CONTRACT_SOURCE: &str = include_str!("../schemas/ad_impressions/v1.ddl");
 const TOPIC: &str = "ad-impressions";
 const PARTITIONS: i32 = 3;
 
@@ -80,6 +84,19 @@ fn sample_pool() -> Result<Pool> {
     compiler.include_imports(true);
     compiler.open_file(PROTO_PATH).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Pool::from_prost(&compiler.file_descriptor_set())?)
+}
+
+/// The pinned contract, after the start-up check the daemon makes: the descriptor must agree
+/// with it column by column.
+fn sample_contract(decoder: &Decoder) -> Result<Contract> {
+    let contract = Contract::parse(CONTRACT_SOURCE).with_context(|| format!("{CONTRACT_PATH} does not parse"))?;
+    let differences = diff_types(&contract, &derived_contract(decoder)?);
+    anyhow::ensure!(
+        differences.is_empty(),
+        "the sample descriptor no longer matches {CONTRACT_PATH}:\n{}",
+        differences.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+    );
+    Ok(contract)
 }
 
 /// Deterministic sample data: every 20th event is sent twice, and every 50th is broken.
@@ -140,6 +157,7 @@ fn sample_events(count: usize) -> Vec<(String, Vec<u8>)> {
 pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     let pool = sample_pool().context("the embedded sample schema does not compile")?;
     let decoder = Decoder::new(&pool, MESSAGE, &DecodeOptions::default())?;
+    let contract = sample_contract(&decoder)?;
     let lake = args.lake.clone();
     std::fs::create_dir_all(&lake).with_context(|| format!("cannot create {}", lake.display()))?;
     let events = sample_events(args.events);
@@ -172,8 +190,17 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         "  Kafka:  topic {TOPIC} ({PARTITIONS} partitions) on an in-process broker at {}\n",
         cluster.bootstrap_servers()
     );
-    println!("Table columns (Delta DDL, as `protolake schema print` shows):");
-    for line in to_ddl(&delta_schema(&decoder.schema()))?.lines() {
+    // close-books reads the contract from its folder; the tour keeps a copy beside its tables so
+    // it runs from any directory.
+    let contract_dir = lake.join("schemas").join("ad_impressions");
+    std::fs::create_dir_all(&contract_dir).with_context(|| format!("cannot create {}", contract_dir.display()))?;
+    std::fs::write(contract_dir.join("v1.ddl"), CONTRACT_SOURCE)
+        .with_context(|| format!("cannot write {}", contract_dir.display()))?;
+    println!(
+        "Contract: {CONTRACT_PATH} (v1; copied to {}), checked against the descriptor column by column:",
+        contract_dir.join("v1.ddl").display()
+    );
+    for line in contract.to_ddl().lines() {
         println!("  {line}");
     }
 
@@ -184,7 +211,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         descriptor: DescriptorSource::Protos { files: vec![PROTO_PATH.into()], includes: Vec::new() },
         message: MESSAGE.into(),
         recursion_depth: None,
-        contract_dir: None,
+        contract_dir: Some(contract_dir),
         location: location.as_str().into(),
         dlq_location: dlq_location.as_str().into(),
         event_time: Some(EventTime { field: "event_time".into(), unit: None }),
@@ -206,7 +233,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     };
     let ingest_config = IngestConfig { metrics_address: None, commit_retry_for: Duration::from_secs(30) };
     let books_table = table.clone();
-    let setup = ingest::TableSetup { config: table, decoder, validator: None, contract: None, index_path: vec![0] };
+    let setup = ingest::TableSetup { config: table, decoder, validator: None, contract: Some((1, contract)), index_path: vec![0] };
     let options = ingest::IngestOptions { exit_when_idle: Some(Duration::from_secs(2)) };
     let started = Instant::now();
     let reports = ingest::run(
@@ -257,11 +284,12 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         let r = close_books::close_day(&books_table, &options, &|_| {}).await?;
         match r.outcome {
             close_books::Outcome::Published => println!(
-                "  {date}: {} rows read, {} duplicates removed, {} published (final version {})",
+                "  {date}: {} rows read, {} duplicates removed, {} published (final version {}, raw rows checked against contract {})",
                 r.rows_read,
                 r.duplicates_removed,
                 r.rows_published,
-                r.final_version.unwrap_or_default()
+                r.final_version.unwrap_or_default(),
+                r.contract_version.as_deref().unwrap_or("-")
             ),
             close_books::Outcome::Unchanged => {
                 println!("  {date}: already closed, nothing arrived since ({} rows)", r.rows_read)

@@ -1,8 +1,10 @@
 //! `buf.validate` (protovalidate) rules carried by the descriptor, evaluated per record with the
-//! `prost-protovalidate` crate (cargo feature `protovalidate`, whose build needs `protoc`). A
-//! record that breaks any rule becomes a dead letter listing every violation; a message whose
-//! types carry no rule costs nothing (no validator is built). A build without the feature refuses
-//! a descriptor that carries rules rather than let unchecked records in.
+//! `prost-protovalidate` crate (cargo feature `protovalidate`, on by default; its build's one
+//! protoc call is answered by `scripts/protoc-offline` from the descriptor set shipped in
+//! `proto/buf/validate/`). A record that breaks any rule becomes a dead letter listing every
+//! violation; a message whose types carry no rule costs nothing (no validator is built). A build
+//! without the feature refuses a descriptor that carries rules rather than let unchecked records
+//! in.
 
 use crate::decode::Pool;
 
@@ -22,7 +24,7 @@ pub enum ValidateError {
     Compilation { message: String, reason: String },
     #[error(
         "{message} carries buf.validate rules, and this build of protolake cannot check them; \
-         build it with `--features protovalidate` (needs protoc: apt-get install protobuf-compiler)"
+         build it with the default features (`protovalidate`)"
     )]
     NotBuilt { message: String },
 }
@@ -166,6 +168,67 @@ mod tests {
         assert!(validator_for(&plain, "p.M").unwrap().is_none());
         let with_rules = Pool::decode(&set(true)).unwrap();
         let e = validator_for(&with_rules, "p.M").err().unwrap().to_string();
-        assert!(e.contains("carries buf.validate rules") && e.contains("--features protovalidate"), "{e}");
+        assert!(e.contains("carries buf.validate rules") && e.contains("default features (`protovalidate`)"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod shipped_descriptor {
+    use std::path::{Path, PathBuf};
+
+    /// Where cargo unpacked prost-protovalidate-types: its validate.proto is the one its build
+    /// compiles.
+    fn types_crate_proto() -> PathBuf {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--locked"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo metadata runs");
+        assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+        let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata prints JSON");
+        let manifest = metadata["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "prost-protovalidate-types")
+            .and_then(|p| p["manifest_path"].as_str())
+            .expect("prost-protovalidate-types is a dependency");
+        Path::new(manifest).parent().unwrap().join("proto/buf/validate/validate.proto")
+    }
+
+    /// scripts/protoc-offline answers the types crate's protoc call with
+    /// proto/buf/validate/validate.binpb when the crate's validate.proto is the shipped one; the
+    /// descriptor set must be what protox compiles from that file. With PROTOLAKE_BLESS=1 the
+    /// test writes it instead (after copying a new validate.proto into proto/buf/validate/).
+    #[test]
+    fn the_shipped_validate_descriptor_is_current() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+        let shipped = std::fs::read(root.join("buf/validate/validate.proto")).unwrap();
+        let upstream_path = types_crate_proto();
+        let upstream = std::fs::read(&upstream_path).unwrap();
+        assert!(
+            shipped == upstream,
+            "proto/buf/validate/validate.proto differs from {}: copy it over and rerun with PROTOLAKE_BLESS=1",
+            upstream_path.display()
+        );
+
+        let mut compiler = protox::Compiler::new([&root]).unwrap();
+        compiler.include_imports(true).include_source_info(true);
+        compiler.open_file("buf/validate/validate.proto").unwrap();
+        let compiled = compiler.encode_file_descriptor_set();
+        let set_path = root.join("buf/validate/validate.binpb");
+        if std::env::var_os("PROTOLAKE_BLESS").is_some() {
+            std::fs::write(&set_path, &compiled).unwrap();
+        }
+        let on_disk = std::fs::read(&set_path).unwrap_or_default();
+        assert!(
+            on_disk == compiled,
+            "{} is not the descriptor set of the shipped validate.proto ({} bytes, compiled {}); \
+             regenerate it: PROTOLAKE_BLESS=1 cargo test --no-default-features --lib shipped_validate",
+            set_path.display(),
+            on_disk.len(),
+            compiled.len()
+        );
     }
 }
