@@ -235,16 +235,7 @@ fn main() {
 
     let mut decoder = Decoder::new(&pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
     let schema = decoder.schema();
-    let mut a = || {
-        let mut rows = 0;
-        for chunk in flat.chunks(BATCH) {
-            for bytes in chunk {
-                decoder.decode(bytes).expect("valid");
-            }
-            rows += black_box(decoder.flush().unwrap()).num_rows();
-        }
-        rows
-    };
+    let mut a = || decode_all(&mut decoder, &flat);
     if only_a {
         let f = measure_interleaved(rounds, n, &mut [&mut a]);
         report("(a) protolake decoder", &f[0], None);
@@ -275,16 +266,7 @@ fn main() {
     let avg = orders.iter().map(Vec::len).sum::<usize>() as f64 / m as f64;
     println!("\nnested/repeated order (3 lines × 2 labels, map, timestamp): {m} records, {avg:.0} bytes each");
     let mut decoder = Decoder::new(&pool, "protolake.examples.v1.Order", &DecodeOptions::default()).unwrap();
-    let mut na = || {
-        let mut rows = 0;
-        for chunk in orders.chunks(BATCH) {
-            for bytes in chunk {
-                decoder.decode(bytes).expect("valid");
-            }
-            rows += black_box(decoder.flush().unwrap()).num_rows();
-        }
-        rows
-    };
+    let mut na = || decode_all(&mut decoder, &orders);
     let odesc = reflect_pool.get_message_by_name("protolake.examples.v1.Order").unwrap();
     let mut nb = || {
         let mut sum = 0u64;
@@ -360,18 +342,12 @@ fn rules(flat: &[Vec<u8>], rounds: usize) {
     };
     let broken = flat.iter().filter(|b| !validator.check(b).is_empty()).count();
     assert_eq!(broken, 0, "the bench's records are all valid");
-    println!("\nbuf.validate: the flat event under 7 field rules (uuid, in, uri, ranges, len + pattern), {} records", flat.len());
+    println!(
+        "\nbuf.validate: the flat event under 7 field rules (uuid, in, uri, ranges, len + pattern), {} records",
+        flat.len()
+    );
     let mut decoder = Decoder::new(&pool, "bench.v1.RuledEvent", &DecodeOptions::default()).unwrap();
-    let mut plain = || {
-        let mut rows = 0;
-        for chunk in flat.chunks(BATCH) {
-            for bytes in chunk {
-                decoder.decode(bytes).expect("valid");
-            }
-            rows += black_box(decoder.flush().unwrap()).num_rows();
-        }
-        rows
-    };
+    let mut plain = || decode_all(&mut decoder, flat);
     let mut checked_decoder = Decoder::new(&pool, "bench.v1.RuledEvent", &DecodeOptions::default()).unwrap();
     let mut checked = || {
         let mut rows = 0;
@@ -388,6 +364,18 @@ fn rules(flat: &[Vec<u8>], rounds: usize) {
     report("(a) protolake decoder", &f[0], None);
     report("(b) decoder + buf.validate rules", &f[1], Some(&f[0]));
     println!("  the rules add {:.0} ns a record", f[1].median_ns - f[0].median_ns);
+}
+
+/// Decodes the records in batches of `BATCH` rows; the rows decoded.
+fn decode_all(decoder: &mut Decoder, records: &[Vec<u8>]) -> usize {
+    let mut rows = 0;
+    for chunk in records.chunks(BATCH) {
+        for bytes in chunk {
+            decoder.decode(bytes).expect("valid");
+        }
+        rows += black_box(decoder.flush().unwrap()).num_rows();
+    }
+    rows
 }
 
 fn report(name: &str, f: &Figures, baseline: Option<&Figures>) {

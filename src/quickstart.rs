@@ -233,7 +233,13 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     };
     let ingest_config = IngestConfig { metrics_address: None, commit_retry_for: Duration::from_secs(30) };
     let books_table = table.clone();
-    let setup = ingest::TableSetup { config: table, decoder, validator: None, contract: Some((1, contract)), index_path: vec![0] };
+    let setup = ingest::TableSetup {
+        config: table,
+        decoder,
+        validator: None,
+        contract: Some((1, contract)),
+        index_path: vec![0],
+    };
     let options = ingest::IngestOptions { exit_when_idle: Some(Duration::from_secs(2)) };
     let started = Instant::now();
     let reports = ingest::run(
