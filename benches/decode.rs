@@ -235,7 +235,7 @@ fn main() {
 
     let mut decoder = Decoder::new(&pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
     let schema = decoder.schema();
-    let mut a = || decode_all(&mut decoder, &flat);
+    let mut a = || decode_all(&mut decoder, &flat, |_| ());
     if only_a {
         let f = measure_interleaved(rounds, n, &mut [&mut a]);
         report("(a) protolake decoder", &f[0], None);
@@ -266,7 +266,7 @@ fn main() {
     let avg = orders.iter().map(Vec::len).sum::<usize>() as f64 / m as f64;
     println!("\nnested/repeated order (3 lines × 2 labels, map, timestamp): {m} records, {avg:.0} bytes each");
     let mut decoder = Decoder::new(&pool, "protolake.examples.v1.Order", &DecodeOptions::default()).unwrap();
-    let mut na = || decode_all(&mut decoder, &orders);
+    let mut na = || decode_all(&mut decoder, &orders, |_| ());
     let odesc = reflect_pool.get_message_by_name("protolake.examples.v1.Order").unwrap();
     let mut nb = || {
         let mut sum = 0u64;
@@ -294,45 +294,17 @@ fn main() {
     println!("\npeak RSS: {:.0} MiB (inputs included)", peak_rss_mib());
 }
 
-/// The flat event's fields under seven buf.validate rules (the same wire bytes), compiled with
-/// the shipped `proto/buf/validate/validate.proto`.
-const RULED: &str = r#"
-syntax = "proto3";
-package bench.v1;
-import "buf/validate/validate.proto";
-message RuledEvent {
-  int64 ts_ms = 1 [(buf.validate.field).int64.gt = 0];
-  string id = 2 [(buf.validate.field).string.uuid = true];
-  string event_type = 3 [(buf.validate.field).string = {in: ["impression", "click", "view", "conversion"]}];
-  string url = 4 [(buf.validate.field).string.uri = true];
-  int32 slot = 5 [(buf.validate.field).int32 = {gte: 0, lt: 16}];
-  double price = 6 [(buf.validate.field).double = {gte: 0, finite: true}];
-  bool viewable = 7;
-  string country = 8 [(buf.validate.field).string = {len: 2, pattern: "^[A-Z]{2}$"}];
-}
-"#;
-
-/// What the rules cost per record: the decoder alone, and the decoder plus the rules' check,
-/// over the same records (every one valid, so every rule is evaluated).
+/// What the rules cost per record: the flat event's bytes as `RuledFlatEvent` (seven
+/// buf.validate field rules, `proto/protolake/examples/v1/ruled.proto`), decoded alone and
+/// decoded then checked (every record valid, so every rule is evaluated).
 fn rules(flat: &[Vec<u8>], rounds: usize) {
-    struct Ruled;
-    impl protox::file::FileResolver for Ruled {
-        fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
-            match name {
-                "bench/v1/ruled.proto" => protox::file::File::from_source(name, RULED),
-                _ => Err(protox::Error::file_not_found(name)),
-            }
-        }
-    }
-    let mut resolver = protox::file::ChainFileResolver::new();
-    resolver.add(Ruled);
-    resolver.add(protox::file::IncludeFileResolver::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("proto")));
-    resolver.add(protox::file::GoogleFileResolver::new());
-    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    const MESSAGE: &str = "protolake.examples.v1.RuledFlatEvent";
+    let mut compiler = protox::Compiler::new([Path::new(env!("CARGO_MANIFEST_DIR")).join("proto")]).unwrap();
     compiler.include_imports(true);
-    compiler.open_file("bench/v1/ruled.proto").expect("bench proto compiles");
+    compiler.open_file("protolake/examples/v1/ruled.proto").expect("bench proto compiles");
+    // The encoded set keeps the rules (option extensions), which prost-types structs would drop.
     let pool = Pool::decode(&compiler.encode_file_descriptor_set()).expect("pool");
-    let validator = match protolake::validate::validator_for(&pool, "bench.v1.RuledEvent") {
+    let validator = match protolake::validate::validator_for(&pool, MESSAGE) {
         Ok(Some(v)) => v,
         Ok(None) => panic!("the bench message carries rules"),
         Err(e) => {
@@ -346,19 +318,13 @@ fn rules(flat: &[Vec<u8>], rounds: usize) {
         "\nbuf.validate: the flat event under 7 field rules (uuid, in, uri, ranges, len + pattern), {} records",
         flat.len()
     );
-    let mut decoder = Decoder::new(&pool, "bench.v1.RuledEvent", &DecodeOptions::default()).unwrap();
-    let mut plain = || decode_all(&mut decoder, flat);
-    let mut checked_decoder = Decoder::new(&pool, "bench.v1.RuledEvent", &DecodeOptions::default()).unwrap();
+    let mut decoder = Decoder::new(&pool, MESSAGE, &DecodeOptions::default()).unwrap();
+    let mut plain = || decode_all(&mut decoder, flat, |_| ());
+    let mut checked_decoder = Decoder::new(&pool, MESSAGE, &DecodeOptions::default()).unwrap();
     let mut checked = || {
-        let mut rows = 0;
-        for chunk in flat.chunks(BATCH) {
-            for bytes in chunk {
-                black_box(validator.check(bytes));
-                checked_decoder.decode(bytes).expect("valid");
-            }
-            rows += black_box(checked_decoder.flush().unwrap()).num_rows();
-        }
-        rows
+        decode_all(&mut checked_decoder, flat, |bytes| {
+            black_box(validator.check(bytes));
+        })
     };
     let f = measure_interleaved(rounds, flat.len(), &mut [&mut plain, &mut checked]);
     report("(a) protolake decoder", &f[0], None);
@@ -366,11 +332,13 @@ fn rules(flat: &[Vec<u8>], rounds: usize) {
     println!("  the rules add {:.0} ns a record", f[1].median_ns - f[0].median_ns);
 }
 
-/// Decodes the records in batches of `BATCH` rows; the rows decoded.
-fn decode_all(decoder: &mut Decoder, records: &[Vec<u8>]) -> usize {
+/// Decodes the records in batches of `BATCH` rows, handing each to `before` first; the rows
+/// decoded.
+fn decode_all(decoder: &mut Decoder, records: &[Vec<u8>], mut before: impl FnMut(&[u8])) -> usize {
     let mut rows = 0;
     for chunk in records.chunks(BATCH) {
         for bytes in chunk {
+            before(bytes);
             decoder.decode(bytes).expect("valid");
         }
         rows += black_box(decoder.flush().unwrap()).num_rows();

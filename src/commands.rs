@@ -34,7 +34,7 @@ fn table_decoder_and_index(table: &TableConfig) -> Result<(Decoder, Option<Recor
 }
 
 /// The contract a descriptor implies, in Delta storage types.
-pub(crate) fn derived_contract(decoder: &Decoder) -> Result<Contract> {
+fn derived_contract(decoder: &Decoder) -> Result<Contract> {
     Ok(Contract::from_arrow(&delta_schema(&decoder.schema()))?)
 }
 

@@ -20,18 +20,17 @@ use protolake::close_books;
 use protolake::config::{
     DescriptorSource, EventTime, FlushPolicy, Framing, IngestConfig, KafkaConfig, ParquetOptions, TableConfig,
 };
-use protolake::contract::{diff_types, Contract};
 use protolake::decode::{DecodeOptions, Decoder, Pool};
 use protolake::ingest;
 use protolake::metrics::{Health, Metrics};
 
 use crate::cli::QuickstartArgs;
-use crate::commands::derived_contract;
+use crate::commands::pinned_contract;
 
 const PROTO_PATH: &str = "protolake/examples/v1/events.proto";
 const PROTO_SOURCE: &str = include_str!("../proto/protolake/examples/v1/events.proto");
 const MESSAGE: &str = "protolake.examples.v1.AdImpression";
-/// The sample table's pinned contract, as `protolake ingest` reads it from `schemas/`.
+/// The sample table's pinned contract, shipped in `schemas/` where `protolake ingest` reads it.
 const CONTRACT_PATH: &str = "schemas/ad_impressions/v1.ddl";
 const CONTRACT_SOURCE: &str = include_str!("../schemas/ad_impressions/v1.ddl");
 const TOPIC: &str = "ad-impressions";
@@ -84,19 +83,6 @@ fn sample_pool() -> Result<Pool> {
     compiler.include_imports(true);
     compiler.open_file(PROTO_PATH).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Pool::from_prost(&compiler.file_descriptor_set())?)
-}
-
-/// The pinned contract, after the start-up check the daemon makes: the descriptor must agree
-/// with it column by column.
-fn sample_contract(decoder: &Decoder) -> Result<Contract> {
-    let contract = Contract::parse(CONTRACT_SOURCE).with_context(|| format!("{CONTRACT_PATH} does not parse"))?;
-    let differences = diff_types(&contract, &derived_contract(decoder)?);
-    anyhow::ensure!(
-        differences.is_empty(),
-        "the sample descriptor no longer matches {CONTRACT_PATH}:\n{}",
-        differences.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
-    );
-    Ok(contract)
 }
 
 /// Deterministic sample data: every 20th event is sent twice, and every 50th is broken.
@@ -157,7 +143,6 @@ fn sample_events(count: usize) -> Vec<(String, Vec<u8>)> {
 pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     let pool = sample_pool().context("the embedded sample schema does not compile")?;
     let decoder = Decoder::new(&pool, MESSAGE, &DecodeOptions::default())?;
-    let contract = sample_contract(&decoder)?;
     let lake = args.lake.clone();
     std::fs::create_dir_all(&lake).with_context(|| format!("cannot create {}", lake.display()))?;
     let events = sample_events(args.events);
@@ -190,19 +175,13 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         "  Kafka:  topic {TOPIC} ({PARTITIONS} partitions) on an in-process broker at {}\n",
         cluster.bootstrap_servers()
     );
-    // close-books reads the contract from its folder; the tour keeps a copy beside its tables so
-    // it runs from any directory.
+    // The daemon and close-books read the contract from its folder; the tour keeps a copy
+    // beside its tables so it runs from any directory.
     let contract_dir = lake.join("schemas").join("ad_impressions");
+    let contract_file = contract_dir.join("v1.ddl");
     std::fs::create_dir_all(&contract_dir).with_context(|| format!("cannot create {}", contract_dir.display()))?;
-    std::fs::write(contract_dir.join("v1.ddl"), CONTRACT_SOURCE)
-        .with_context(|| format!("cannot write {}", contract_dir.display()))?;
-    println!(
-        "Contract: {CONTRACT_PATH} (v1; copied to {}), checked against the descriptor column by column:",
-        contract_dir.join("v1.ddl").display()
-    );
-    for line in contract.to_ddl().lines() {
-        println!("  {line}");
-    }
+    std::fs::write(&contract_file, CONTRACT_SOURCE)
+        .with_context(|| format!("cannot write {}", contract_file.display()))?;
 
     let location = absolute(&lake.join("ad_impressions"));
     let dlq_location = absolute(&lake.join("ad_impressions_dlq"));
@@ -211,7 +190,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         descriptor: DescriptorSource::Protos { files: vec![PROTO_PATH.into()], includes: Vec::new() },
         message: MESSAGE.into(),
         recursion_depth: None,
-        contract_dir: Some(contract_dir),
+        contract_dir: Some(contract_dir.clone()),
         location: location.as_str().into(),
         dlq_location: dlq_location.as_str().into(),
         event_time: Some(EventTime { field: "event_time".into(), unit: None }),
@@ -227,19 +206,26 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         close_books: Default::default(),
         zorder_by: Vec::new(),
     };
+    // The daemon's start-up check: the descriptor must agree with the contract column by column.
+    let contract =
+        pinned_contract(&table, &decoder)?.with_context(|| format!("{} holds no contract", contract_dir.display()))?;
+    println!(
+        "Contract: {CONTRACT_PATH} (v{}; copied to {}), checked against the descriptor column by column:",
+        contract.0,
+        contract_file.display()
+    );
+    for line in contract.1.to_ddl().lines() {
+        println!("  {line}");
+    }
+
     let kafka = KafkaConfig {
         properties: [("bootstrap.servers".to_string(), cluster.bootstrap_servers())].into(),
         group_id: "protolake-quickstart".into(),
     };
     let ingest_config = IngestConfig { metrics_address: None, commit_retry_for: Duration::from_secs(30) };
     let books_table = table.clone();
-    let setup = ingest::TableSetup {
-        config: table,
-        decoder,
-        validator: None,
-        contract: Some((1, contract)),
-        index_path: vec![0],
-    };
+    let setup =
+        ingest::TableSetup { config: table, decoder, validator: None, contract: Some(contract), index_path: vec![0] };
     let options = ingest::IngestOptions { exit_when_idle: Some(Duration::from_secs(2)) };
     let started = Instant::now();
     let reports = ingest::run(
