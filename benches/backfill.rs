@@ -2,13 +2,17 @@
 //! table (zstd level 1), through the same code path as `protolake backfill`.
 //!
 //! Run: `cargo bench --bench backfill` (options: `-- --records N`, default 10,000,000;
+//! `--workers 1,2` the worker counts compared, each run in a process of its own, `--pairs 3`
+//! interleaved rounds of them;
 //! `--plain id,url` to write those columns without dictionary encoding; `--input FILE` keeps the
 //! generated events in FILE and reuses them on the next run; `--parts 0` skips the timing of
 //! decode and Parquet alone; `--yardstick` runs only the yardstick: the records framed, decoded
 //! and their 8 payload columns Parquet-encoded to memory, no table; timed as a whole process
 //! in turn with a backfill, it gives a ratio that the machine's drift does not move).
-//! Prints rows/s (and per core), input MB/s, output bytes per row and peak RSS.
+//! Prints each run's rows/s, rows per CPU-second and peak RSS, then the medians: the wall-clock
+//! ratio to the first worker count and the per-CPU ratio to the yardstick.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -53,11 +57,11 @@ fn main() {
         }
         out.flush().unwrap();
     }
-    let input_bytes = std::fs::metadata(&input).unwrap().len();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     let fds = protox::compile(["protolake/examples/v1/events.proto"], [dir]).expect("proto compiles");
     let pool = Pool::from_prost(&fds).unwrap();
-    if std::env::args().any(|a| a == "--yardstick") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--yardstick") {
         let (decode_cpu, parquet_cpu, out_bytes) = yardstick(&pool, &input, n);
         println!(
             "yardstick: {n} flat events framed, decoded and Parquet-encoded (8 payload columns, zstd 1) to memory:"
@@ -70,10 +74,100 @@ fn main() {
             out_bytes as f64 / n as f64
         );
         println!("  peak RSS {:.0} MiB", peak_rss_mib());
+        println!("RESULT {n} 0 {} {}", decode_cpu + parquet_cpu, peak_rss_mib());
         return;
     }
-    let decoder = Decoder::new(&pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
-    let location = work.path().join("table").display().to_string();
+    if let Some(workers) = args.iter().position(|a| a == "--one").and_then(|i| args.get(i + 1)) {
+        one_backfill(&pool, &input, n, workers.parse().expect("--one N"), work.path());
+        return;
+    }
+    // The whole runs, each in a process of its own (its own CPU clock and peak RSS), the worker
+    // counts interleaved so that the machine's drift moves them alike.
+    let workers: Vec<usize> = args
+        .iter()
+        .position(|a| a == "--workers")
+        .and_then(|i| args.get(i + 1))
+        .map_or("1,2".to_string(), String::clone)
+        .split(',')
+        .map(|w| w.parse().expect("--workers 1,2"))
+        .collect();
+    let pairs = arg("--pairs", 3);
+    let input_bytes = std::fs::metadata(&input).unwrap().len();
+    println!(
+        "backfill of {n} flat events ({:.0} bytes each on the wire, zstd level 1), {pairs} interleaved rounds of {workers:?} workers:",
+        input_bytes as f64 / n as f64
+    );
+    let yard = child(&input, n, &["--yardstick"]);
+    let yard_rate = n as f64 / yard.cpu;
+    println!("  yardstick (decode + Parquet of the payload, one thread): {:.2} M rows per CPU-second", yard_rate / 1e6);
+    let mut runs: BTreeMap<usize, Vec<Measured>> = BTreeMap::new();
+    for _ in 0..pairs {
+        for &w in &workers {
+            let m = child(&input, n, &["--one", &w.to_string()]);
+            println!(
+                "  {w} worker(s): wall {:.2} s, CPU {:.2} s ({:.2} cores busy), {:.2} M rows/s, {:.2} M rows per CPU-second, peak RSS {:.0} MiB",
+                m.wall,
+                m.cpu,
+                m.cpu / m.wall,
+                n as f64 / m.wall / 1e6,
+                n as f64 / m.cpu / 1e6,
+                m.rss
+            );
+            runs.entry(w).or_default().push(m);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let base = workers.first().copied().unwrap_or(1);
+    let base_rate = n as f64 / median(&mut runs[&base].iter().map(|m| m.wall).collect());
+    println!("medians:");
+    for (w, ms) in &runs {
+        let wall = median(&mut ms.iter().map(|m| m.wall).collect());
+        let cpu = median(&mut ms.iter().map(|m| m.cpu).collect());
+        let rss = median(&mut ms.iter().map(|m| m.rss).collect());
+        println!(
+            "  {w} worker(s): {:.2} M rows/s wall ({:.2}x of {base}), {:.2} M rows per CPU-second ({:.2} of the yardstick), peak RSS {rss:.0} MiB",
+            n as f64 / wall / 1e6,
+            n as f64 / wall / base_rate,
+            n as f64 / cpu / 1e6,
+            n as f64 / cpu / yard_rate
+        );
+    }
+    if arg("--parts", 1) == 1 {
+        components(&pool, &input, n);
+    }
+}
+
+/// What a child process measured.
+struct Measured {
+    wall: f64,
+    cpu: f64,
+    rss: f64,
+}
+
+/// Runs this bench again as a child on `input` with `extra` arguments; its RESULT line.
+fn child(input: &Path, n: usize, extra: &[&str]) -> Measured {
+    let exe = std::env::current_exe().expect("the bench binary");
+    let mut args = vec!["--input".to_string(), input.display().to_string(), "--records".into(), n.to_string()];
+    let all: Vec<String> = std::env::args().collect();
+    if let Some(i) = all.iter().position(|a| a == "--plain") {
+        args.extend(all[i..].iter().take(2).cloned());
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let out = std::process::Command::new(exe).args(&args).output().expect("the bench runs itself");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("a RESULT line");
+    let f: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    Measured { wall: f[1], cpu: f[2], rss: f[3] }
+}
+
+/// One backfill of `input` with `workers` into a new table under `work`; prints its RESULT.
+fn one_backfill(pool: &Pool, input: &Path, n: usize, workers: usize, work: &Path) {
+    let decoder = Decoder::new(pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
+    let location = work.join("table").display().to_string();
     let spec = BackfillSpec {
         decoder,
         validator: None,
@@ -84,7 +178,8 @@ fn main() {
         flush: FlushPolicy::default(),
         parquet: ParquetOptions { zstd_level: 1, plain_columns: plain_columns(), ..ParquetOptions::default() },
         max_record_bytes: 1 << 20,
-        inputs: vec![input.clone()],
+        inputs: vec![input.to_path_buf()],
+        workers,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let cpu_before = cpu_seconds();
@@ -95,22 +190,12 @@ fn main() {
     assert_eq!(report.rows, n as u64);
     let out_bytes = dir_size(Path::new(&location));
     println!(
-        "backfill of {n} flat events ({:.0} bytes each on the wire), zstd level 1:",
-        input_bytes as f64 / n as f64
-    );
-    println!("  wall {secs:.1} s, CPU {cpu:.1} s ({:.2} cores busy)", cpu / secs);
-    println!("  {:.2} M rows/s wall, {:.2} M rows/s per CPU-second", n as f64 / secs / 1e6, n as f64 / cpu / 1e6);
-    println!("  {:.0} MB/s of protobuf in", input_bytes as f64 / secs / 1e6);
-    println!(
         "  output {:.1} MB, {:.1} bytes/row, {} commits",
         out_bytes as f64 / 1e6,
         out_bytes as f64 / n as f64,
         report.commits
     );
-    println!("  peak RSS {:.0} MiB", peak_rss_mib());
-    if arg("--parts", 1) == 1 {
-        components(&pool, &input, n);
-    }
+    println!("RESULT {n} {secs} {cpu} {}", peak_rss_mib());
 }
 
 /// Where the time goes: the same records framed and decoded alone, and the decoded payload

@@ -3,7 +3,7 @@
 //! deduplication as a polars query and as a DuckDB query over the same Parquet files (both from
 //! PyPI, installed into the bench's Python if missing), each writing its result as Parquet.
 //!
-//! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--skip-peers 1]
+//! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--workers 1,2] [--skip-peers 1]
 
 mod common;
 
@@ -158,26 +158,40 @@ fn main() {
 
     let table = table_config(&location);
     let date = chrono::NaiveDate::from_ymd_opt(2025, 11, 21).unwrap();
-    let options = CloseOptions { date, force: true, now: chrono::Utc::now() };
-    reset_peak_rss();
-    let cpu = cpu_seconds();
-    let started = Instant::now();
-    let report = rt.block_on(close_day(&table, &options, &|_| {})).expect("close-books runs");
-    let wall = started.elapsed();
-    let cpu = cpu_seconds() - cpu;
-    println!(
-        "protolake close-books: {:.2} M rows/s wall ({:.1} s), {:.2} M rows per CPU-second, peak RSS {:.0} MiB \
-         (memory_limit {} MiB, {} MiB spilled); read {}, duplicates removed {}, published {}",
-        n as f64 / wall.as_secs_f64() / 1e6,
-        wall.as_secs_f64(),
-        n as f64 / cpu / 1e6,
-        peak_rss_mib(),
-        table.close_books.memory_limit >> 20,
-        report.spilled_bytes >> 20,
-        report.rows_read,
-        report.duplicates_removed,
-        report.rows_published,
-    );
+    let workers: Vec<usize> = {
+        let args: Vec<String> = std::env::args().collect();
+        args.iter()
+            .position(|a| a == "--workers")
+            .and_then(|i| args.get(i + 1))
+            .map_or("1,2".to_string(), String::clone)
+            .split(',')
+            .map(|w| w.parse().expect("--workers 1,2"))
+            .collect()
+    };
+    let mut ours: Vec<(usize, f64)> = Vec::new();
+    for &w in &workers {
+        let options = CloseOptions { date, force: true, now: chrono::Utc::now(), workers: w };
+        reset_peak_rss();
+        let cpu = cpu_seconds();
+        let started = Instant::now();
+        let report = rt.block_on(close_day(&table, &options, &|_| {})).expect("close-books runs");
+        let wall = started.elapsed();
+        let cpu = cpu_seconds() - cpu;
+        println!(
+            "protolake close-books, {w} worker(s): {:.2} M rows/s wall ({:.1} s), {:.2} M rows per CPU-second, peak RSS {:.0} MiB \
+             (memory_limit {} MiB, {} MiB spilled); read {}, duplicates removed {}, published {}",
+            n as f64 / wall.as_secs_f64() / 1e6,
+            wall.as_secs_f64(),
+            n as f64 / cpu / 1e6,
+            peak_rss_mib(),
+            table.close_books.memory_limit >> 20,
+            report.spilled_bytes >> 20,
+            report.rows_read,
+            report.duplicates_removed,
+            report.rows_published,
+        );
+        ours.push((w, wall.as_secs_f64()));
+    }
 
     if arg("--skip-peers", 0) == 1 {
         return;
@@ -219,6 +233,9 @@ fn main() {
             fields["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
             fields["rows"],
         );
+        for (w, ours) in &ours {
+            println!("  protolake with {w} worker(s) takes {:.2}x {engine}'s wall time", ours / wall.as_secs_f64());
+        }
     }
 }
 

@@ -166,7 +166,7 @@ fn main() {
             vec![setup],
             &kafka,
             &IngestConfig { metrics_address: None, commit_retry_for: Duration::from_secs(60) },
-            &IngestOptions { exit_when_idle: Some(Duration::from_secs(2)) },
+            &IngestOptions { exit_when_idle: Some(Duration::from_secs(2)), workers: Some(arg("--workers", 2)) },
             Arc::new(AtomicBool::new(false)),
             Arc::new(Metrics::new()),
             Arc::new(Health::default()),

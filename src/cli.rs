@@ -93,6 +93,10 @@ pub struct IngestArgs {
     /// without it the daemon runs until stopped.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub exit_when_idle: Option<std::time::Duration>,
+    /// Threads that decode and encode each table's records, each with its own Parquet files
+    /// (default: the config's `workers`, else one per available core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
     /// Log format: `text` for people, `json` for log pipelines. Levels come from RUST_LOG
     /// (default `warn,protolake=info`).
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -127,6 +131,11 @@ pub struct CloseBooksArgs {
     /// Print each day's report as one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Parts the day is split into by the key's hash, each sorted, deduplicated and written on
+    /// a core of its own within its share of close_books.memory_limit (default: the config's
+    /// `workers`, else one per available core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
 }
 
 #[derive(Args)]
@@ -214,6 +223,10 @@ pub struct BackfillArgs {
     /// AWS_*/AZURE_*/GOOGLE_* environment variables are read too).
     #[arg(long = "storage-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub storage_options: Vec<(String, String)>,
+    /// Threads that decode and encode, each with its own Parquet files (default: the config's
+    /// `workers`, else one per available core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {

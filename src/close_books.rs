@@ -25,7 +25,7 @@ use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::functions::core::expr_fn::get_field;
 use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr, SortExpr};
-use deltalake::datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use deltalake::datafusion::physical_plan::ExecutionPlan;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
 use futures::{StreamExt, TryStreamExt};
@@ -37,7 +37,7 @@ use crate::pipeline::{
     is_metadata_column, EVENT_DATE, INGESTED_AT, SOURCE_FILE, SOURCE_INDEX, SOURCE_OFFSET, SOURCE_PARTITION,
     SOURCE_TOPIC,
 };
-use crate::sink::{open_table, Location, SinkError, TableWriter};
+use crate::sink::{open_table, FileWriter, Location, SinkError, TableWriter, WrittenFiles};
 
 /// The txn app id under which the final table records the raw version a day was closed from.
 pub fn app_id(date: NaiveDate) -> String {
@@ -45,10 +45,18 @@ pub fn app_id(date: NaiveDate) -> String {
 }
 
 const PROBLEM: &str = "_protolake_problem";
+/// Whether the row is valid (sorts valid rows of a key first).
+const VALID: &str = "_protolake_valid";
+/// The event time (the winner order's first part).
+const ORDER_TIME: &str = "_protolake_time";
 /// The i-th key column, computed (a key may be a path into a struct).
 fn key_column(i: usize) -> String {
     format!("_protolake_key{i}")
 }
+/// The least share of `close_books.memory_limit` a part of the day is sorted in (fewer parts
+/// than workers when the budget is small): room for the sort's merge reservation and a few
+/// batches besides.
+const MIN_PART_MEMORY: u64 = 32 << 20;
 /// Invalid rows quoted in a report (all are counted).
 const EXAMPLES: usize = 10;
 
@@ -135,6 +143,9 @@ pub struct CloseOptions {
     /// Close the day even if it is still within its grace period.
     pub force: bool,
     pub now: chrono::DateTime<Utc>,
+    /// Parts the day is split into by the key's hash, each sorted and written on a core of its
+    /// own within its share of `close_books.memory_limit` (at least 1).
+    pub workers: usize,
 }
 
 /// "Yesterday" on the calendar of the table's configured time zone.
@@ -253,28 +264,43 @@ pub async fn close_day(
     }
 
     let query = |cause: DataFusionError| CloseError::Query { table: table.name.clone(), date, cause: Box::new(cause) };
-    let (plan, ctx) = sorted_day(&raw, table, event_time, &raw_schema, date).await.map_err(query)?;
-    let mut stream = execute_stream(plan.clone(), ctx.task_ctx()).map_err(query)?;
-    let mut counts = Counts::new(table.key.len());
-    // The sort takes in the whole day before the first winner comes out; meanwhile the scan's
+    // Each part sorts within its share of the budget: no share under MIN_PART_MEMORY.
+    let workers = options.workers.clamp(1, (table.close_books.memory_limit / MIN_PART_MEMORY).max(1) as usize);
+    let day_plan = sorted_day(&raw, table, event_time, &raw_schema, date, workers).await.map_err(query)?;
+    let (plan, sorts, streams) = day_plan.parts(table.close_books.memory_limit, workers).map_err(query)?;
+    // Each part of the day (a share of the keys) is sorted out and written by a task of its
+    // own, into Parquet files of its own; all of them are published in the one commit below.
+    let ranked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut parts = Vec::new();
+    for stream in streams {
+        let files = writer.file_writer()?;
+        parts.push(tokio::spawn(sort_out_part(stream, files, table.key.len(), raw_schema.clone(), ranked.clone())));
+    }
+    // The sorts take in the whole day before the first winner comes out; meanwhile the scan's
     // live row count is the progress.
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    loop {
-        let batch = tokio::select! {
-            next = stream.try_next() => next.map_err(query)?,
+    let mut all = futures::future::try_join_all(parts);
+    let done = loop {
+        tokio::select! {
+            done = &mut all => break done,
             _ = tick.tick() => {
-                progress(Progress { scanned: scanned(plan.as_ref()), ranked: counts.read });
-                continue;
+                let ranked = ranked.load(std::sync::atomic::Ordering::Relaxed);
+                progress(Progress { scanned: scanned(plan.as_ref()), ranked });
             }
-        };
-        let Some(batch) = batch else { break };
-        let winners = counts.sort_out(&batch, &raw_schema).map_err(|e| query(e.into()))?;
-        if let Some(winners) = winners {
-            writer.write(winners).await?;
         }
+    };
+    let mut counts = Counts::new(table.key.len());
+    let mut files = WrittenFiles::default();
+    for part in done.map_err(|e| query(DataFusionError::External(Box::new(e))))? {
+        let (part_counts, part_files) = part.map_err(|e| match e {
+            PartError::Query(e) => query(e),
+            PartError::Sink(e) => CloseError::Sink(e),
+        })?;
+        counts.add(part_counts);
+        files.extend(part_files);
     }
     progress(Progress { scanned: counts.read, ranked: counts.read });
-    let spilled_bytes = spilled(plan.as_ref());
+    let spilled_bytes = sorts.iter().map(|sort| spilled(sort.as_ref())).sum();
 
     let metadata = vec![
         ("protolake.operation".to_string(), serde_json::Value::from("close-books")),
@@ -289,7 +315,7 @@ pub async fn close_day(
         ("protolake.contractVersion".to_string(), serde_json::to_value(&contract_version).unwrap_or_default()),
     ];
     let committed = writer
-        .commit_replacing_partition(EVENT_DATE, &day, vec![(app_id(date), source_version as i64)], metadata)
+        .commit_replacing_partition(EVENT_DATE, &day, files, vec![(app_id(date), source_version as i64)], metadata)
         .await
         .map_err(|e| match e {
             SinkError::Conflict { cause, .. } => {
@@ -316,6 +342,64 @@ pub async fn close_day(
         spilled_bytes,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// A task context per part of the day, each with a memory pool of its own: its share of the
+/// budget, which it spills beyond. (Shared, a part whose sort finished in memory would hold its
+/// rows through the merge while another part still sorts, and starve it instead of letting it
+/// spill.) The scan and the split by key run under the session's own context.
+fn part_contexts(
+    ctx: &SessionContext,
+    memory_limit: u64,
+    parts: usize,
+) -> Result<Vec<Arc<deltalake::datafusion::execution::TaskContext>>, DataFusionError> {
+    use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+    use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    use deltalake::datafusion::execution::TaskContext;
+    let state = ctx.state();
+    let shared = state.runtime_env();
+    let share = usize::try_from(memory_limit / parts as u64).unwrap_or(usize::MAX);
+    (0..parts)
+        .map(|_| {
+            let pool =
+                TrackConsumersPool::new(FairSpillPool::new(share), std::num::NonZeroUsize::new(5).expect("5 > 0"));
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_pool(Arc::new(pool))
+                // The raw table's store, registered with the session.
+                .with_object_store_registry(shared.object_store_registry.clone())
+                .build_arc()?;
+            Ok(Arc::new(TaskContext::from(&state).with_runtime(runtime)))
+        })
+        .collect()
+}
+
+/// Why a part of the day could not be sorted out.
+#[derive(Debug, thiserror::Error)]
+enum PartError {
+    #[error(transparent)]
+    Query(DataFusionError),
+    #[error(transparent)]
+    Sink(SinkError),
+}
+
+/// Sorts out one part of the sorted day (all rows of its keys) into winners written to `files`.
+async fn sort_out_part(
+    mut stream: deltalake::datafusion::execution::SendableRecordBatchStream,
+    mut files: FileWriter,
+    keys: usize,
+    schema: SchemaRef,
+    ranked: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(Counts, WrittenFiles), PartError> {
+    let mut counts = Counts::new(keys);
+    while let Some(batch) = stream.try_next().await.map_err(PartError::Query)? {
+        let winners = counts.sort_out(&batch, &schema).map_err(|e| PartError::Query(e.into()))?;
+        ranked.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Some(winners) = winners {
+            files.write(winners).await.map_err(PartError::Sink)?;
+        }
+    }
+    let written = files.finish().await.map_err(PartError::Sink)?;
+    Ok((counts, written))
 }
 
 /// Rows the plan's scan has produced so far (its leaf's output rows).
@@ -397,7 +481,8 @@ async fn sorted_day(
     event_time: &crate::config::EventTime,
     raw_schema: &Schema,
     date: NaiveDate,
-) -> Result<(Arc<dyn ExecutionPlan>, SessionContext), DataFusionError> {
+    workers: usize,
+) -> Result<DayPlan, DataFusionError> {
     use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
     use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
     // Sorts share the budget and spill beyond it; an exhausted budget names its top consumers.
@@ -407,10 +492,9 @@ async fn sorted_day(
     let mut state = deltalake::delta_datafusion::DeltaSessionContext::with_runtime_env(runtime).state();
     // Plain string and binary arrays, as the final table's writer expects.
     state.config_mut().options_mut().execution.parquet.schema_force_view_types = false;
-    // One sort over the whole day: with several, a partition sorted in memory holds its share
-    // unspillably while the others still need theirs, and a tight budget fails instead of
-    // spilling. One sort gets the whole budget and spills beyond it.
-    state.config_mut().options_mut().execution.target_partitions = 1;
+    // One sort per worker, each over the rows of a share of the keys (split by their hash), so
+    // that every key's rows meet in one sort; the sorts share the budget fairly.
+    state.config_mut().options_mut().execution.target_partitions = workers;
     // Spilled runs are read back once: lz4 halves the disk traffic for little CPU.
     state.config_mut().options_mut().execution.spill_compression =
         deltalake::datafusion::common::config::SpillCompression::Lz4Frame;
@@ -470,27 +554,177 @@ async fn sorted_day(
     // Sorted by key, then valid rows first, then the winner order: the first row of each key
     // is its winner (when valid). A plain sort rather than ROW_NUMBER() OVER (PARTITION BY key):
     // the window operator keeps state per key, several times the cost of the sort itself.
-    let desc = |e: Expr| -> SortExpr { e.sort(false, false) };
-    let mut order: Vec<SortExpr> = (0..table.key.len()).map(|i| ident(key_column(i)).sort(true, true)).collect();
-    order.extend([
-        ident(PROBLEM).is_null().sort(false, false),
-        desc(event_time_expr),
-        desc(ident(SOURCE_TOPIC)),
-        desc(ident(SOURCE_PARTITION)),
-        desc(ident(SOURCE_OFFSET)),
-        desc(ident(SOURCE_FILE)),
-        desc(ident(SOURCE_INDEX)),
-        desc(ident(INGESTED_AT)),
-    ]);
+    // Every sort key is a column of the frame (computed ones added), so that the sorts of
+    // several workers can be planned over those columns directly.
     let mut frame = ctx
         .read_table(provider)?
         .filter(ident(EVENT_DATE).eq(lit(ScalarValue::Date32(Some(days)))))?
-        .with_column(PROBLEM, problem)?;
+        .with_column(PROBLEM, problem)?
+        .with_column(VALID, ident(PROBLEM).is_null())?
+        .with_column(ORDER_TIME, event_time_expr)?;
     for (i, key) in table.key.iter().enumerate() {
         frame = frame.with_column(&key_column(i), column(key))?;
     }
-    let frame = frame.sort(order)?;
-    Ok((frame.create_physical_plan().await?, ctx))
+    // (column, descending); ascending keys put NULLs first, descending ones last.
+    let mut order: Vec<(String, bool)> = (0..table.key.len()).map(|i| (key_column(i), false)).collect();
+    for name in
+        [VALID, ORDER_TIME, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_FILE, SOURCE_INDEX, INGESTED_AT]
+    {
+        order.push((name.to_string(), true));
+    }
+    if workers == 1 {
+        let sort: Vec<SortExpr> = order.iter().map(|(c, desc)| ident(c).sort(!desc, !desc)).collect();
+        let plan = frame.sort(sort)?.create_physical_plan().await?;
+        return Ok(DayPlan { plan, sorted: true, order, keys: table.key.len(), ctx });
+    }
+    let plan = frame.create_physical_plan().await?;
+    Ok(DayPlan { plan, sorted: false, order, keys: table.key.len(), ctx })
+}
+
+/// The rows of one day, planned: sorted already (one part), or to be split by the key's hash and
+/// sorted part by part ([`DayPlan::parts`]).
+struct DayPlan {
+    plan: Arc<dyn ExecutionPlan>,
+    sorted: bool,
+    /// (column, descending); ascending keys put NULLs first, descending ones last. The first
+    /// `keys` columns are the key.
+    order: Vec<(String, bool)>,
+    keys: usize,
+    ctx: SessionContext,
+}
+
+type Batches = tokio::sync::mpsc::Receiver<Result<RecordBatch, DataFusionError>>;
+
+impl DayPlan {
+    /// The scan (for its progress), the sorts (for their spill metrics) and one stream per part,
+    /// each sorted, each holding every row of its keys. The scan's partitions are split by a
+    /// hash of the key into `parts` channels; each part's sort reads one channel under a task
+    /// context of its own, with its share of `memory_limit` ([`part_contexts`]).
+    #[allow(clippy::type_complexity)]
+    fn parts(
+        self,
+        memory_limit: u64,
+        parts: usize,
+    ) -> Result<
+        (
+            Arc<dyn ExecutionPlan>,
+            Vec<Arc<dyn ExecutionPlan>>,
+            Vec<deltalake::datafusion::execution::SendableRecordBatchStream>,
+        ),
+        DataFusionError,
+    > {
+        use arrow::compute::SortOptions;
+        use deltalake::datafusion::physical_expr::expressions::Column;
+        use deltalake::datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+        use deltalake::datafusion::physical_plan::sorts::sort::SortExec;
+        use deltalake::datafusion::physical_plan::streaming::StreamingTableExec;
+        use deltalake::datafusion::physical_plan::{execute_stream, ExecutionPlanProperties};
+        if self.sorted {
+            let stream = execute_stream(self.plan.clone(), self.ctx.task_ctx())?;
+            return Ok((self.plan.clone(), vec![self.plan], vec![stream]));
+        }
+        let schema = self.plan.schema();
+        let key_columns =
+            self.order[..self.keys].iter().map(|(c, _)| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?;
+        let (senders, receivers): (Vec<_>, Vec<Batches>) = (0..parts).map(|_| tokio::sync::mpsc::channel(2)).unzip();
+        for partition in 0..self.plan.output_partitioning().partition_count() {
+            let stream = self.plan.execute(partition, self.ctx.task_ctx())?;
+            tokio::spawn(split_by_key(stream, key_columns.clone(), senders.clone()));
+        }
+        drop(senders);
+        let sort = self
+            .order
+            .iter()
+            .map(|(c, desc)| {
+                Ok(PhysicalSortExpr::new(
+                    Arc::new(Column::new_with_schema(c, &schema)?),
+                    SortOptions { descending: *desc, nulls_first: !desc },
+                ))
+            })
+            .collect::<Result<Vec<_>, DataFusionError>>()?;
+        let ordering = LexOrdering::new(sort).ok_or_else(|| DataFusionError::Internal("no sort key".into()))?;
+        let contexts = part_contexts(&self.ctx, memory_limit, parts)?;
+        let mut sorts = Vec::with_capacity(parts);
+        let mut streams = Vec::with_capacity(parts);
+        for (receiver, context) in receivers.into_iter().zip(contexts) {
+            let part = Received { schema: schema.clone(), batches: std::sync::Mutex::new(Some(receiver)) };
+            let input = StreamingTableExec::try_new(schema.clone(), vec![Arc::new(part)], None, [], false, None)?;
+            let sort: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(ordering.clone(), Arc::new(input)));
+            streams.push(sort.execute(0, context)?);
+            sorts.push(sort);
+        }
+        Ok((self.plan, sorts, streams))
+    }
+}
+
+/// Sends each row of `stream` to the part its key hashes to (a batch of each part's rows per
+/// batch read). An error goes to every part.
+async fn split_by_key(
+    mut stream: deltalake::datafusion::execution::SendableRecordBatchStream,
+    key_columns: Vec<usize>,
+    parts: Vec<tokio::sync::mpsc::Sender<Result<RecordBatch, DataFusionError>>>,
+) {
+    use deltalake::datafusion::common::hash_utils::create_hashes_with_hasher;
+    let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
+    let mut hashes = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let split = batch.and_then(|batch| {
+            hashes.clear();
+            hashes.resize(batch.num_rows(), 0);
+            let keys: Vec<&ArrayRef> = key_columns.iter().map(|&i| batch.column(i)).collect();
+            create_hashes_with_hasher(keys, &hasher, &mut hashes)?;
+            let mut rows: Vec<Vec<u32>> = vec![Vec::new(); parts.len()];
+            for (row, hash) in hashes.iter().enumerate() {
+                rows[(*hash % parts.len() as u64) as usize].push(row as u32);
+            }
+            rows.into_iter()
+                .map(|r| Ok(arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(r))?))
+                .collect::<Result<Vec<RecordBatch>, DataFusionError>>()
+        });
+        match split {
+            Ok(pieces) => {
+                for (part, piece) in parts.iter().zip(pieces) {
+                    if piece.num_rows() > 0 && part.send(Ok(piece)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for part in &parts {
+                    let _ = part.send(Err(DataFusionError::Execution(message.clone()))).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// One part's rows, as its sort reads them.
+#[derive(Debug)]
+struct Received {
+    schema: SchemaRef,
+    batches: std::sync::Mutex<Option<Batches>>,
+}
+
+impl deltalake::datafusion::physical_plan::streaming::PartitionStream for Received {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(
+        &self,
+        _: Arc<deltalake::datafusion::execution::TaskContext>,
+    ) -> deltalake::datafusion::execution::SendableRecordBatchStream {
+        use deltalake::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+        let batches = self.batches.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let stream = futures::stream::unfold(batches, |batches| async move {
+            let mut batches = batches?;
+            let next = batches.recv().await?;
+            Some((next, Some(batches)))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
 }
 
 /// Non-nullable payload columns (dotted paths through structs) and the nullable structs above
@@ -540,6 +774,16 @@ struct Counts {
 }
 
 impl Counts {
+    /// Adds the counts of another part of the day (its keys are none of this part's).
+    fn add(&mut self, other: Counts) {
+        self.read += other.read;
+        self.invalid += other.invalid;
+        self.duplicates += other.duplicates;
+        self.published += other.published;
+        let room = EXAMPLES.saturating_sub(self.examples.len());
+        self.examples.extend(other.examples.into_iter().take(room));
+    }
+
     fn new(keys: usize) -> Self {
         Counts {
             read: 0,

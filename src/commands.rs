@@ -244,6 +244,7 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
                 parquet: table.parquet.clone(),
                 max_record_bytes: table.max_record_bytes,
                 inputs: args.inputs.clone(),
+                workers: protolake::config::workers_or_cores(args.workers.map(usize::from).or(config.workers)),
             }
         }
         None => {
@@ -270,6 +271,7 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
                 parquet: ParquetOptions::default(),
                 max_record_bytes: 16 << 20,
                 inputs: args.inputs.clone(),
+                workers: protolake::config::workers_or_cores(args.workers.map(usize::from)),
             }
         }
     };
@@ -288,12 +290,14 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
     let report = backfill::run(spec, &Bar(bar)).await?;
     let secs = report.elapsed.as_secs_f64().max(1e-9);
     println!(
-        "backfill: {} records from {} file(s) in {:.1}s ({:.0} records/s, {:.1} MB/s)",
+        "backfill: {} records from {} file(s) in {:.1}s ({:.0} records/s, {:.1} MB/s, {} worker{})",
         report.records,
         report.files,
         secs,
         report.records as f64 / secs,
-        report.bytes_read as f64 / secs / 1e6
+        report.bytes_read as f64 / secs / 1e6,
+        report.workers,
+        if report.workers == 1 { "" } else { "s" }
     );
     println!(
         "  {} rows → {location} (version {})",
@@ -407,7 +411,10 @@ pub async fn ingest(args: &IngestArgs) -> Result<ExitCode> {
             }
         }
     });
-    let options = protolake::ingest::IngestOptions { exit_when_idle: args.exit_when_idle };
+    let options = protolake::ingest::IngestOptions {
+        exit_when_idle: args.exit_when_idle,
+        workers: args.workers.map(usize::from).or(config.workers),
+    };
     let reports =
         protolake::ingest::run(setups, &config.kafka, &config.ingest, &options, stop, metrics, health).await?;
     for r in reports {
@@ -459,6 +466,7 @@ pub async fn close_books(args: &CloseBooksArgs) -> Result<ExitCode> {
     if from > to {
         bail!("--from {from} is after --to {to}");
     }
+    let workers = protolake::config::workers_or_cores(args.workers.map(usize::from).or(config.workers));
     let mut worst = 0u8;
     let mut date = from;
     loop {
@@ -470,7 +478,7 @@ pub async fn close_books(args: &CloseBooksArgs) -> Result<ExitCode> {
         bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}]").expect("a valid template"));
         bar.set_message(format!("closing {} {date}", table.name));
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
-        let options = CloseOptions { date, force: args.force, now };
+        let options = CloseOptions { date, force: args.force, now, workers };
         let progress = |p: books::Progress| {
             bar.set_message(if p.ranked == 0 {
                 format!("closing {} {date}: {} rows read and sorting", table.name, p.scanned)

@@ -252,6 +252,13 @@ pub struct Config {
     pub tables: BTreeMap<String, TableConfig>,
     pub kafka: KafkaConfig,
     pub ingest: IngestConfig,
+    /// Threads that decode and encode (`workers`); None: one per available core.
+    pub workers: Option<usize>,
+}
+
+/// The workers a command runs: `configured`, or one per core the process may use.
+pub fn workers_or_cores(configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
 }
 
 // --- raw form ---------------------------------------------------------------------------------
@@ -265,6 +272,7 @@ struct RawConfig {
     kafka: RawKafka,
     #[serde(default)]
     ingest: RawIngest,
+    workers: Option<usize>,
     /// Object-store options for every table location (a table's own `storage` overrides keys).
     #[serde(default)]
     storage: BTreeMap<String, toml::Value>,
@@ -472,7 +480,16 @@ impl Config {
             },
             commit_retry_for: raw.ingest.commit_retry_for.map_or(defaults.commit_retry_for, |d| d.0),
         };
-        Ok(Config { source: source.into(), tables, kafka, ingest })
+        let workers = match raw.workers {
+            Some(0) => {
+                return Err(ConfigError::Parse {
+                    path: source.into(),
+                    message: "workers = 0: at least one worker is needed (leave it out for one per core)".into(),
+                })
+            }
+            w => w,
+        };
+        Ok(Config { source: source.into(), tables, kafka, ingest, workers })
     }
 
     pub fn table(&self, name: &str) -> Result<&TableConfig, ConfigError> {

@@ -14,10 +14,14 @@
 //!
 //! Kafka's committed group offsets are written after each Delta commit, for lag monitoring only.
 //!
-//! Threads. Each table runs on a blocking thread of its own: it polls its consumer, decodes,
-//! and commits (Delta calls run on the async runtime through its handle). Rebalance callbacks
-//! run inside `poll` on that same thread; the table's state sits behind a mutex that the loop
-//! never holds while polling.
+//! Threads. Each table runs on a blocking thread of its own: it polls its consumer and deals
+//! runs of messages (their payloads copied out, not yet decoded) to the table's workers
+//! ([`crate::workers`]: `workers` threads, each with its own decoder, rules and Parquet files),
+//! and commits (Delta calls run on the async runtime through its handle). A commit queues a
+//! flush marker behind every run dealt, takes every worker's files up to it, and commits them
+//! with the last offset dealt per partition: the same positions as with one thread, whichever
+//! worker decoded which run. Rebalance callbacks run inside `poll` on the consumer's thread; the
+//! table's state sits behind a mutex that the loop never holds while polling.
 //!
 //! Memory. The open batch is bounded by `flush.max_rows` / `flush.max_bytes`; librdkafka's
 //! pre-fetch queue by `queued.max.messages.kbytes`. While a commit runs nothing is polled, so
@@ -45,13 +49,14 @@ use crate::contract::Contract;
 use crate::decode::Decoder;
 use crate::metrics::{Health, Metrics, OutcomeLabel, PartitionLabel, ReasonLabel, TableHealth, TableLabel};
 use crate::pipeline::{DeadLetter, PipelineError, TablePipeline};
-use crate::sink::{dead_letter_batch, CommitInfo, SinkError, TablePair, TableWriter};
+use crate::sink::{dead_letter_batch, CommitInfo, SinkError, TablePair, TableWriter, WrittenFiles};
 use crate::source::framing::Unframer;
 use crate::source::kafka::{app_id, consumer_config, coordinates, headers, producer_config, starts_at_end};
 use crate::source::Coordinates;
+use crate::workers::{Arrival, KafkaRun, Parts, Pool, Run, WorkerError};
 
-/// Rows decoded between two hand-overs to the Parquet writer.
-const DECODE_BATCH: usize = 65_536;
+/// Messages in one run dealt to a worker (or fewer, at a commit).
+const RUN_RECORDS: usize = 2048;
 /// The longest a poll blocks, so a stop request is noticed promptly.
 const POLL: Duration = Duration::from_millis(100);
 /// Messages taken between two looks at the clock (flush deadline, idleness, health).
@@ -69,6 +74,8 @@ pub enum IngestError {
     Kafka { table: String, cause: KafkaError },
     #[error("table {table}: {message}")]
     Stopped { table: String, message: String },
+    #[error("table {table}: {cause}")]
+    Workers { table: String, cause: WorkerError },
 }
 
 /// A table ready to ingest: its config and what was resolved from its descriptor.
@@ -88,6 +95,8 @@ pub struct IngestOptions {
     /// Commit and stop once no message has arrived for this long (and at least one partition
     /// is assigned): for one-off catch-up runs, tests and benchmarks.
     pub exit_when_idle: Option<Duration>,
+    /// Threads that decode and encode each table's records (None: one per available core).
+    pub workers: Option<usize>,
 }
 
 /// What one table's loop did.
@@ -122,7 +131,8 @@ pub async fn run(
         let name = setup.config.name.clone();
         let topic = setup.config.topic.clone().ok_or_else(|| IngestError::NoTopic { table: name.clone() })?;
         let table_health = health.table(&name);
-        let state = TableState::open(setup, kafka, ingest, metrics.clone()).await?;
+        let workers = crate::config::workers_or_cores(options.workers);
+        let state = TableState::open(setup, kafka, ingest, workers, metrics.clone()).await?;
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             runtime: Handle::current(),
@@ -297,7 +307,15 @@ fn commit_group_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets:
 /// One table's batch, writers and positions.
 struct TableState {
     name: String,
-    pipeline: TablePipeline,
+    /// The workers that decode and encode, the parts of epochs they hand back, and parts that
+    /// arrived early (none: an epoch is collected right after its marker).
+    pool: Pool,
+    parts: Parts,
+    early: Vec<Arrival>,
+    /// Messages taken and not yet dealt.
+    run: KafkaRun,
+    /// Records taken into the open batch (dealt or not).
+    records_since_commit: u64,
     data: TableWriter,
     dlq: TableWriter,
     unframer: Unframer,
@@ -323,7 +341,6 @@ struct TableState {
     metrics: Arc<Metrics>,
     label: TableLabel,
     report: TableReport,
-    runtime: Handle,
     /// When partitions were last assigned (an idle run waits for messages from then on).
     assigned_at: Instant,
     first_message_at: Option<Instant>,
@@ -335,8 +352,6 @@ struct TableState {
     topic_name: Option<Arc<str>>,
     records_unreported: u64,
     bytes_unreported: u64,
-    /// Parquet bytes the data writer held after the last hand-over.
-    buffered_bytes: u64,
 }
 
 enum Committed {
@@ -354,19 +369,31 @@ impl TableState {
         setup: TableSetup,
         kafka: &KafkaConfig,
         _ingest: &IngestConfig,
+        workers: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, IngestError> {
         let name = setup.config.name.clone();
         let sink_err = |cause| IngestError::Sink { table: name.clone(), cause };
         let contract_version = setup.contract.as_ref().map_or("adhoc".to_string(), |(v, _)| format!("v{v}"));
-        let pipeline = TablePipeline::new(
-            setup.decoder,
-            setup.contract.as_ref().map(|(_, c)| c),
-            setup.config.event_time.as_ref(),
-            setup.config.max_record_bytes,
-        )
-        .map_err(|cause| IngestError::Pipeline { table: name.clone(), cause })?
-        .with_validator(setup.validator);
+        let pipeline_err = |cause| IngestError::Pipeline { table: name.clone(), cause };
+        let contract = setup.contract.as_ref().map(|(_, c)| c);
+        let (event_time, max_record_bytes) = (setup.config.event_time.as_ref(), setup.config.max_record_bytes);
+        let mut pipelines = Vec::with_capacity(workers);
+        for _ in 1..workers.max(1) {
+            let decoder = setup.decoder.fresh().map_err(|e| IngestError::Stopped {
+                table: name.clone(),
+                message: format!("preparing a worker's decoder: {e}"),
+            })?;
+            let validator = setup.validator.as_ref().map(|v| v.fresh());
+            pipelines.push(
+                TablePipeline::new(decoder, contract, event_time, max_record_bytes)
+                    .map_err(pipeline_err)?
+                    .with_validator(validator),
+            );
+        }
+        let pipeline = TablePipeline::new(setup.decoder, contract, event_time, max_record_bytes)
+            .map_err(pipeline_err)?
+            .with_validator(setup.validator);
         let properties: std::collections::HashMap<String, String> = [
             ("protolake.contractVersion".to_string(), contract_version.clone()),
             ("delta.checkpointInterval".to_string(), setup.config.checkpoint_interval.to_string()),
@@ -384,6 +411,15 @@ impl TableState {
         .open()
         .await
         .map_err(sink_err)?;
+        pipelines.insert(0, pipeline);
+        let (pool, parts) = Pool::start(
+            &format!("ingest-{name}"),
+            pipelines,
+            || data.file_writer(),
+            max_record_bytes,
+            &Handle::current(),
+        )
+        .map_err(|cause| IngestError::Workers { table: name.clone(), cause })?;
         let dlq_topic = match &setup.config.dlq_topic {
             None => None,
             Some(topic) => {
@@ -395,7 +431,11 @@ impl TableState {
         };
         Ok(TableState {
             unframer: Unframer::new(setup.config.framing.clone(), setup.index_path),
-            pipeline,
+            pool,
+            parts,
+            early: Vec::new(),
+            run: KafkaRun::default(),
+            records_since_commit: 0,
             data,
             dlq,
             contract_version,
@@ -414,7 +454,6 @@ impl TableState {
             dlq_topic,
             label: TableLabel { table: name.clone() },
             report: TableReport { table: name.clone(), ..TableReport::default() },
-            runtime: Handle::current(),
             assigned_at: Instant::now(),
             first_message_at: None,
             failing_since: None,
@@ -422,7 +461,6 @@ impl TableState {
             topic_name: None,
             records_unreported: 0,
             bytes_unreported: 0,
-            buffered_bytes: 0,
             metrics,
             name,
         })
@@ -569,37 +607,53 @@ impl TableState {
         self.records_unreported += 1;
         self.input_bytes_since_commit += value.map_or(0, |v| v.len() as u64);
         self.bytes_unreported += value.map_or(0, |v| v.len() as u64);
-        let coordinates = coordinates(message, topic);
         match value.map(|v| (v, self.unframer.payload(v))) {
-            Some((_, Ok(payload))) => self.pipeline.push_with_headers(payload, &coordinates, || headers(message)),
-            Some((raw, Err(e))) => self.pipeline.dead_letter(DeadLetter {
+            Some((_, Ok(payload))) => {
+                if self.run.topic.as_ref().is_some_and(|t| *t != topic) {
+                    self.deal()?;
+                }
+                self.run.topic.get_or_insert_with(|| topic.clone());
+                let kept = message.headers().map(|_| headers(message));
+                self.run.push(payload, tp.1, offset, message.timestamp().to_millis(), kept);
+            }
+            Some((raw, Err(e))) => self.dead_since_commit.push(DeadLetter {
                 raw: raw.to_vec(),
                 reason: e.reason.into(),
                 message: e.message,
                 field_path: String::new(),
-                coordinates,
+                coordinates: coordinates(message, topic),
                 headers: headers(message),
             }),
-            None => self.pipeline.dead_letter(DeadLetter {
+            None => self.dead_since_commit.push(DeadLetter {
                 raw: Vec::new(),
                 reason: "no_value".into(),
                 message: "the message has no value (a tombstone?); a record needs the serialized message".into(),
                 field_path: String::new(),
-                coordinates,
+                coordinates: coordinates(message, topic),
                 headers: headers(message),
             }),
         }
+        self.records_since_commit += 1;
         self.pending.insert(tp, offset);
         if self.oldest_pending.is_none() {
             let now = Instant::now();
             self.oldest_pending = Some(now);
             self.first_message_at.get_or_insert(now);
         }
-        if self.pipeline.pending() >= DECODE_BATCH {
-            let runtime = self.runtime.clone();
-            runtime.block_on(self.hand_over())?;
+        if self.run.len() >= RUN_RECORDS {
+            self.deal()?;
         }
         Ok(())
+    }
+
+    /// Hands the messages taken to a worker.
+    fn deal(&mut self) -> Result<(), IngestError> {
+        self.report_received();
+        if self.run.is_empty() {
+            return Ok(());
+        }
+        let run = std::mem::take(&mut self.run);
+        self.pool.deal(Run::Kafka(run)).map_err(|cause| IngestError::Workers { table: self.name.clone(), cause })
     }
 
     /// Moves the per-message counts into the metrics (done per batch, not per message).
@@ -617,37 +671,23 @@ impl TableState {
         self.metrics.skipped.get_or_create(&self.label).inc();
     }
 
-    /// Moves decoded rows into Parquet files and dead letters aside (nothing visible yet).
-    async fn hand_over(&mut self) -> Result<(), IngestError> {
-        self.report_received();
-        let now = chrono::Utc::now().timestamp_micros();
-        let (batch, dead) =
-            self.pipeline.take(now).map_err(|cause| IngestError::Pipeline { table: self.name.clone(), cause })?;
-        if let Some(batch) = batch {
-            self.rows_since_commit += batch.num_rows() as u64;
-            self.data.write(batch).await.map_err(|e| self.sink_err(e))?;
-            // Estimating the writer's buffered size walks every column: once per hand-over.
-            self.buffered_bytes = self.data.buffered_bytes() as u64;
-        }
-        self.dead_since_commit.extend(dead);
-        Ok(())
-    }
-
     /// Whether the open batch should be committed now.
     fn due(&self) -> bool {
         if self.pending.is_empty() {
             return false;
         }
-        let rows = self.rows_since_commit + self.pipeline.pending() as u64;
-        rows >= self.flush.max_rows as u64
+        self.records_since_commit >= self.flush.max_rows as u64
             || self.input_bytes_since_commit >= self.flush.max_bytes
-            || self.buffered_bytes >= self.flush.max_bytes
+            || self.pool.buffered_bytes() >= self.flush.max_bytes
             || self.oldest_pending.is_some_and(|t| t.elapsed() >= self.flush.max_latency)
     }
 
     /// Drops the open batch.
     fn abandon(&mut self) {
-        self.pipeline.discard();
+        self.run = KafkaRun::default();
+        if let Err(e) = self.pool.abandon() {
+            warn!(table = %self.name, error = %e, "resetting the workers");
+        }
         if let Err(e) = self.data.abandon().and_then(|()| self.dlq.abandon()) {
             warn!(table = %self.name, error = %e, "resetting the writers");
         }
@@ -658,7 +698,7 @@ impl TableState {
         self.rows_since_commit = 0;
         self.dead_letters_since_commit = 0;
         self.input_bytes_since_commit = 0;
-        self.buffered_bytes = 0;
+        self.records_since_commit = 0;
         self.oldest_pending = None;
     }
 
@@ -669,7 +709,23 @@ impl TableState {
             return Ok(Committed::Nothing);
         }
         let started = Instant::now();
-        self.hand_over().await?;
+        // Every worker's files up to the last message taken.
+        self.deal()?;
+        let workers_err = |cause| IngestError::Workers { table: self.name.clone(), cause };
+        let epoch = self.pool.end_epoch().map_err(workers_err)?;
+        let workers = self.pool.workers();
+        let parts = crate::workers::collect(&mut self.parts, &mut self.early, epoch, workers).await;
+        let parts = parts.map_err(|cause| match cause {
+            WorkerError::Sink(cause) => IngestError::Sink { table: self.name.clone(), cause },
+            WorkerError::Pipeline(cause) => IngestError::Pipeline { table: self.name.clone(), cause },
+            cause => IngestError::Workers { table: self.name.clone(), cause },
+        })?;
+        let mut files = WrittenFiles::default();
+        for part in parts {
+            files.extend(part.files);
+            self.rows_since_commit += part.rows;
+            self.dead_since_commit.extend(part.dead);
+        }
         let now = chrono::Utc::now().timestamp_micros();
         let positions: Vec<(String, i64)> = self
             .owned
@@ -722,7 +778,7 @@ impl TableState {
             }
         }
         let info = CommitInfo { rows: self.rows_since_commit, dead_letters: 0, ..info };
-        let committed = match self.data.commit(positions, &info).await {
+        let committed = match self.data.commit_files(files, positions, &info).await {
             Ok(c) => c,
             Err(SinkError::Conflict { cause, .. }) => return self.conflict(&cause.to_string()).await,
             Err(e) => return Err(self.sink_err(e)),
@@ -747,7 +803,7 @@ impl TableState {
         self.rows_since_commit = 0;
         self.dead_letters_since_commit = 0;
         self.input_bytes_since_commit = 0;
-        self.buffered_bytes = 0;
+        self.records_since_commit = 0;
         self.oldest_pending = None;
         Ok(Committed::Done(offsets))
     }

@@ -29,3 +29,5 @@ pub mod pipeline;
 pub mod sink;
 pub mod source;
 pub mod validate;
+#[cfg(feature = "delta")]
+pub mod workers;

@@ -226,7 +226,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     let books_table = table.clone();
     let setup =
         ingest::TableSetup { config: table, decoder, validator: None, contract: Some(contract), index_path: vec![0] };
-    let options = ingest::IngestOptions { exit_when_idle: Some(Duration::from_secs(2)) };
+    let options = ingest::IngestOptions { exit_when_idle: Some(Duration::from_secs(2)), workers: None };
     let started = Instant::now();
     let reports = ingest::run(
         vec![setup],
@@ -272,7 +272,12 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     println!("`protolake close-books` removes them by key and publishes each day into {}:", books_table.final_location);
     let mut date = first;
     while date <= last {
-        let options = close_books::CloseOptions { date, force: false, now: chrono::Utc::now() };
+        let options = close_books::CloseOptions {
+            date,
+            force: false,
+            now: chrono::Utc::now(),
+            workers: protolake::config::workers_or_cores(None),
+        };
         let r = close_books::close_day(&books_table, &options, &|_| {}).await?;
         match r.outcome {
             close_books::Outcome::Published => println!(

@@ -49,6 +49,10 @@ impl RecordValidator {
     pub fn check(&self, _: &[u8]) -> Vec<Violation> {
         match *self {}
     }
+
+    pub fn fresh(&self) -> Self {
+        match *self {}
+    }
 }
 
 #[cfg(feature = "protovalidate")]
@@ -86,6 +90,12 @@ mod with_rules {
                 return Err(ValidateError::Compilation { message: message.into(), reason: e.to_string() });
             }
             Ok(Some(RecordValidator { descriptor, validator }))
+        }
+
+        /// Another validator of the same message, for a worker on another thread (its rules
+        /// are compiled anew, on its first record).
+        pub fn fresh(&self) -> Self {
+            RecordValidator { descriptor: self.descriptor.clone(), validator: prost_protovalidate::Validator::new() }
         }
 
         /// The violations of one record; empty when it is valid, or when it does not parse (the

@@ -254,7 +254,7 @@ pub struct EnumDef {
 }
 
 /// All message and enum types of a descriptor set, by fully-qualified name.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Pool {
     messages: HashMap<String, MessageDef>,
     enums: HashMap<String, EnumDef>,

@@ -64,6 +64,8 @@ pub struct Decoder {
     rows: usize,
     schema: SchemaRef,
     message: String,
+    /// What the decoder was planned from, for [`fresh`](Self::fresh).
+    planned_from: Arc<(Pool, DecodeOptions)>,
 }
 
 impl Decoder {
@@ -72,7 +74,26 @@ impl Decoder {
         let mut planner = plan::Planner::new(pool, options.recursion_depth)?;
         let planned = planner.plan_root(message)?;
         let schema = Arc::new(Schema::new(planned.fields));
-        Ok(Decoder { root: planned.node, rows: 0, schema, message: message.trim_start_matches('.').to_string() })
+        Ok(Decoder {
+            root: planned.node,
+            rows: 0,
+            schema,
+            message: message.trim_start_matches('.').to_string(),
+            planned_from: Arc::new((pool.clone(), options.clone())),
+        })
+    }
+
+    /// Another decoder of the same message, with no rows: for a worker on another thread.
+    pub fn fresh(&self) -> Result<Self, SchemaError> {
+        let (pool, options) = self.planned_from.as_ref();
+        let planned = plan::Planner::new(pool, options.recursion_depth)?.plan_root(&self.message)?;
+        Ok(Decoder {
+            root: planned.node,
+            rows: 0,
+            schema: self.schema.clone(),
+            message: self.message.clone(),
+            planned_from: Arc::clone(&self.planned_from),
+        })
     }
 
     /// Convenience: an encoded `FileDescriptorSet` and a message name.

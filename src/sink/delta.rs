@@ -74,12 +74,45 @@ pub struct TableWriter {
     location: String,
     partition_columns: Vec<String>,
     table: DeltaTable,
+    files: FileWriter,
+    writer_properties: WriterProperties,
+}
+
+/// Parquet files of one table being written and not yet committed: the part of a
+/// [`TableWriter`] that a worker on another thread owns ([`TableWriter::file_writer`]); its
+/// [`finish`](Self::finish)ed files are committed by the table's writer
+/// ([`TableWriter::commit_files`]).
+pub struct FileWriter {
+    location: String,
+    partition_columns: Vec<String>,
     writer: RecordBatchWriter,
     schema: SchemaRef,
-    writer_properties: WriterProperties,
     target_file_size: u64,
-    /// Files closed at the target size since the last commit, waiting for it.
+    /// Files closed at the target size since the last finish, waiting for it.
     closed: Vec<deltalake::kernel::Add>,
+}
+
+/// Finished Parquet files, not yet part of the table.
+#[derive(Debug, Default)]
+pub struct WrittenFiles(Vec<deltalake::kernel::Add>);
+
+impl WrittenFiles {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Their size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.0.iter().map(|a| u64::try_from(a.size).unwrap_or(0)).sum()
+    }
+
+    pub fn extend(&mut self, other: WrittenFiles) {
+        self.0.extend(other.0);
+    }
 }
 
 /// The Parquet settings protolake writes with (zstd, page statistics, row groups, dictionaries).
@@ -196,39 +229,40 @@ impl TableWriter {
         // Columns are written in the table's order (an evolved table has its new columns last).
         let schema: SchemaRef = table.snapshot().map_err(err)?.snapshot().arrow_schema();
         let writer_properties = parquet_properties(parquet);
-        let writer =
-            RecordBatchWriter::for_table(&table).map_err(err)?.with_writer_properties(writer_properties.clone());
         let partition_columns = table.snapshot().map_err(err)?.metadata().partition_columns().to_vec();
-        Ok(TableWriter {
+        let mut writer = TableWriter {
             location: location.to_string(),
             partition_columns,
+            files: FileWriter {
+                location: location.to_string(),
+                partition_columns: Vec::new(),
+                writer: RecordBatchWriter::for_table(&table).map_err(err)?,
+                schema: schema.clone(),
+                target_file_size,
+                closed: Vec::new(),
+            },
             table,
-            writer,
-            schema,
             writer_properties,
-            target_file_size,
+        };
+        writer.files = writer.file_writer()?;
+        Ok(writer)
+    }
+
+    /// Another writer of Parquet files for this table (for a worker on another thread); its
+    /// files join the table through [`commit_files`](Self::commit_files).
+    pub fn file_writer(&self) -> Result<FileWriter, SinkError> {
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
+        let writer = RecordBatchWriter::for_table(&self.table)
+            .map_err(err)?
+            .with_writer_properties(self.writer_properties.clone());
+        Ok(FileWriter {
+            location: self.location.clone(),
+            partition_columns: self.partition_columns.clone(),
+            writer,
+            schema: self.files.schema.clone(),
+            target_file_size: self.files.target_file_size,
             closed: Vec::new(),
         })
-    }
-
-    /// Finishes the open Parquet files (and takes those closed at the target size): their add
-    /// actions, with statistics readers can trust.
-    async fn flush_files(&mut self) -> Result<Vec<deltalake::kernel::Add>, SinkError> {
-        let mut adds = self.close_open_files().await?;
-        adds.splice(0..0, std::mem::take(&mut self.closed));
-        Ok(adds)
-    }
-
-    async fn close_open_files(&mut self) -> Result<Vec<deltalake::kernel::Add>, SinkError> {
-        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        let mut adds = self.writer.flush().await.map_err(err)?;
-        let wide = wide_decimal_paths(&self.schema);
-        if !wide.is_empty() {
-            for add in &mut adds {
-                add.stats = add.stats.take().map(|s| without_min_max(&s, &wide));
-            }
-        }
-        Ok(adds)
     }
 
     /// Loads the commits other writers made since this writer last looked.
@@ -243,16 +277,12 @@ impl TableWriter {
     /// Drops the rows written since the last commit. Files already uploaded stay unreferenced
     /// (never part of the table; `VACUUM` removes them).
     pub fn abandon(&mut self) -> Result<(), SinkError> {
-        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        self.writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(err)?
-            .with_writer_properties(self.writer_properties.clone());
-        self.closed.clear();
+        self.files.abandon();
         Ok(())
     }
 
     pub fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.files.schema.clone()
     }
 
     pub fn location(&self) -> &str {
@@ -270,6 +300,134 @@ impl TableWriter {
         snapshot.transaction_version(self.table.log_store().as_ref(), app_id).await.map_err(err)
     }
 
+    /// Streams a batch into Parquet files (not yet visible to readers). Columns are matched to
+    /// the table's by name.
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
+        self.files.write(batch).await
+    }
+
+    /// Parquet bytes written since the last commit (the closed files' and the open ones').
+    pub fn buffered_bytes(&self) -> usize {
+        self.files.buffered_bytes()
+    }
+
+    /// Finishes the open files and commits them with the source positions they cover, in one
+    /// Delta commit (None when there was nothing to commit). The commit is checked against
+    /// every commit made since this writer's snapshot: one that recorded any of the same
+    /// positions fails it with [`SinkError::Conflict`]. After any failure the written files are
+    /// not part of the table; the caller drops the batch ([`TableWriter::abandon`]).
+    ///
+    /// The writer's snapshot moves to exactly the new version, so that the next commit is
+    /// checked against everything committed after it.
+    pub async fn commit(
+        &mut self,
+        positions: Vec<(String, i64)>,
+        info: &CommitInfo,
+    ) -> Result<Option<Committed>, SinkError> {
+        let files = self.files.finish().await?;
+        self.commit_files(files, positions, info).await
+    }
+
+    /// [`commit`](Self::commit) of files finished by other writers of this table
+    /// ([`file_writer`](Self::file_writer)), with the positions they cover (nothing of this
+    /// writer's own files).
+    pub async fn commit_files(
+        &mut self,
+        files: WrittenFiles,
+        positions: Vec<(String, i64)>,
+        info: &CommitInfo,
+    ) -> Result<Option<Committed>, SinkError> {
+        let adds = files.0;
+        if adds.is_empty() && positions.is_empty() {
+            return Ok(None);
+        }
+        let metadata = vec![
+            ("protolake.contractVersion".to_string(), serde_json::Value::from(info.contract_version.clone())),
+            ("protolake.operation".to_string(), serde_json::Value::from(info.operation.clone())),
+            ("protolake.rows".to_string(), serde_json::Value::from(info.rows)),
+            ("protolake.deadLetters".to_string(), serde_json::Value::from(info.dead_letters)),
+        ];
+        let partition_columns: Vec<String> = self.partition_columns.clone();
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
+            predicate: None,
+        };
+        let files = adds.len();
+        let version =
+            self.commit_actions(adds.into_iter().map(Action::Add).collect(), positions, metadata, operation).await?;
+        Ok(Some(Committed { version, files }))
+    }
+
+    /// Finishes the open files and commits them in place of every file of one partition
+    /// (`column = value`), in one Delta commit: readers see the partition's old files or the
+    /// new ones, never a mix. `positions` and `metadata` are recorded with it. A concurrent
+    /// commit that removed any of the same files or recorded any of the same positions fails
+    /// it with [`SinkError::Conflict`].
+    ///
+    /// `files`: files finished by other writers of this table ([`file_writer`](Self::file_writer))
+    /// that join this writer's own.
+    pub async fn commit_replacing_partition(
+        &mut self,
+        column: &str,
+        value: &str,
+        files: WrittenFiles,
+        positions: Vec<(String, i64)>,
+        metadata: Vec<(String, serde_json::Value)>,
+    ) -> Result<Replaced, SinkError> {
+        use deltalake::{FilterOp, FilterValue};
+        use futures::TryStreamExt;
+        let mut adds = self.files.finish().await?.0;
+        adds.extend(files.0);
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
+        let filter = [(column, FilterOp::Eq, FilterValue::Scalar(value))];
+        let removes: Vec<Action> = self
+            .table
+            .get_active_add_actions_by_partitions(&filter)
+            .map_ok(|file| Action::Remove(file.remove_action(true)))
+            .try_collect()
+            .await
+            .map_err(err)?;
+        let files_added = adds.len();
+        let files_removed = removes.len();
+        let mut actions = removes;
+        actions.extend(adds.into_iter().map(Action::Add));
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: Some(self.partition_columns.clone()),
+            predicate: Some(format!("{column} = '{value}'")),
+        };
+        let version = self.commit_actions(actions, positions, metadata, operation).await?;
+        Ok(Replaced { version, files_added, files_removed })
+    }
+
+    async fn commit_actions(
+        &mut self,
+        actions: Vec<Action>,
+        positions: Vec<(String, i64)>,
+        metadata: Vec<(String, serde_json::Value)>,
+        operation: DeltaOperation,
+    ) -> Result<u64, SinkError> {
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
+        let now = chrono::Utc::now().timestamp_millis();
+        let txns: Vec<Transaction> = positions
+            .into_iter()
+            .map(|(app_id, version)| Transaction { app_id, version, last_updated: Some(now) })
+            .collect();
+        let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
+        let snapshot = self.table.snapshot().map_err(err)?;
+        let finalized = CommitBuilder::from(properties)
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await
+            .map_err(|cause| SinkError::from_commit(&self.location, cause))?;
+        let version = finalized.version();
+        self.table.update_incremental(Some(version)).await.map_err(err)?;
+        Ok(version)
+    }
+}
+
+impl FileWriter {
     /// Streams a batch into Parquet files (not yet visible to readers). Columns are matched to
     /// the table's by name.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
@@ -316,107 +474,37 @@ impl TableWriter {
             .map_err(|e| SinkError::Schema { location: self.location.clone(), message: e.to_string() })
     }
 
-    /// Parquet bytes written since the last commit (the closed files' and the open ones').
+    /// Parquet bytes written since the last finish (the closed files' and the open ones').
     pub fn buffered_bytes(&self) -> usize {
         let closed: usize = self.closed.iter().map(|a| usize::try_from(a.size).unwrap_or(0)).sum();
         self.writer.buffer_len() + closed
     }
 
-    /// Finishes the open files and commits them with the source positions they cover, in one
-    /// Delta commit (None when there was nothing to commit). The commit is checked against
-    /// every commit made since this writer's snapshot: one that recorded any of the same
-    /// positions fails it with [`SinkError::Conflict`]. After any failure the written files are
-    /// not part of the table; the caller drops the batch ([`TableWriter::abandon`]).
-    ///
-    /// The writer's snapshot moves to exactly the new version, so that the next commit is
-    /// checked against everything committed after it.
-    pub async fn commit(
-        &mut self,
-        positions: Vec<(String, i64)>,
-        info: &CommitInfo,
-    ) -> Result<Option<Committed>, SinkError> {
-        let adds = self.flush_files().await?;
-        if adds.is_empty() && positions.is_empty() {
-            return Ok(None);
+    /// Finishes the open Parquet files (and takes those closed at the target size): their add
+    /// actions, with statistics readers can trust.
+    pub async fn finish(&mut self) -> Result<WrittenFiles, SinkError> {
+        let mut adds = self.close_open_files().await?;
+        adds.splice(0..0, std::mem::take(&mut self.closed));
+        Ok(WrittenFiles(adds))
+    }
+
+    async fn close_open_files(&mut self) -> Result<Vec<deltalake::kernel::Add>, SinkError> {
+        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
+        let mut adds = self.writer.flush().await.map_err(err)?;
+        let wide = wide_decimal_paths(&self.schema);
+        if !wide.is_empty() {
+            for add in &mut adds {
+                add.stats = add.stats.take().map(|s| without_min_max(&s, &wide));
+            }
         }
-        let metadata = vec![
-            ("protolake.contractVersion".to_string(), serde_json::Value::from(info.contract_version.clone())),
-            ("protolake.operation".to_string(), serde_json::Value::from(info.operation.clone())),
-            ("protolake.rows".to_string(), serde_json::Value::from(info.rows)),
-            ("protolake.deadLetters".to_string(), serde_json::Value::from(info.dead_letters)),
-        ];
-        let partition_columns: Vec<String> = self.partition_columns.clone();
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: (!partition_columns.is_empty()).then_some(partition_columns),
-            predicate: None,
-        };
-        let files = adds.len();
-        let version =
-            self.commit_actions(adds.into_iter().map(Action::Add).collect(), positions, metadata, operation).await?;
-        Ok(Some(Committed { version, files }))
+        Ok(adds)
     }
 
-    /// Finishes the open files and commits them in place of every file of one partition
-    /// (`column = value`), in one Delta commit: readers see the partition's old files or the
-    /// new ones, never a mix. `positions` and `metadata` are recorded with it. A concurrent
-    /// commit that removed any of the same files or recorded any of the same positions fails
-    /// it with [`SinkError::Conflict`].
-    pub async fn commit_replacing_partition(
-        &mut self,
-        column: &str,
-        value: &str,
-        positions: Vec<(String, i64)>,
-        metadata: Vec<(String, serde_json::Value)>,
-    ) -> Result<Replaced, SinkError> {
-        use deltalake::{FilterOp, FilterValue};
-        use futures::TryStreamExt;
-        let adds = self.flush_files().await?;
-        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        let filter = [(column, FilterOp::Eq, FilterValue::Scalar(value))];
-        let removes: Vec<Action> = self
-            .table
-            .get_active_add_actions_by_partitions(&filter)
-            .map_ok(|file| Action::Remove(file.remove_action(true)))
-            .try_collect()
-            .await
-            .map_err(err)?;
-        let files_added = adds.len();
-        let files_removed = removes.len();
-        let mut actions = removes;
-        actions.extend(adds.into_iter().map(Action::Add));
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
-            partition_by: Some(self.partition_columns.clone()),
-            predicate: Some(format!("{column} = '{value}'")),
-        };
-        let version = self.commit_actions(actions, positions, metadata, operation).await?;
-        Ok(Replaced { version, files_added, files_removed })
-    }
-
-    async fn commit_actions(
-        &mut self,
-        actions: Vec<Action>,
-        positions: Vec<(String, i64)>,
-        metadata: Vec<(String, serde_json::Value)>,
-        operation: DeltaOperation,
-    ) -> Result<u64, SinkError> {
-        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        let now = chrono::Utc::now().timestamp_millis();
-        let txns: Vec<Transaction> = positions
-            .into_iter()
-            .map(|(app_id, version)| Transaction { app_id, version, last_updated: Some(now) })
-            .collect();
-        let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
-        let snapshot = self.table.snapshot().map_err(err)?;
-        let finalized = CommitBuilder::from(properties)
-            .with_actions(actions)
-            .build(Some(snapshot), self.table.log_store(), operation)
-            .await
-            .map_err(|cause| SinkError::from_commit(&self.location, cause))?;
-        let version = finalized.version();
-        self.table.update_incremental(Some(version)).await.map_err(err)?;
-        Ok(version)
+    /// Drops the rows written since the last finish. Files already uploaded stay unreferenced
+    /// (never part of the table; `VACUUM` removes them).
+    pub fn abandon(&mut self) {
+        self.writer.reset();
+        self.closed.clear();
     }
 }
 
@@ -692,12 +780,12 @@ mod tests {
             writer.write(random_batch(&schema, &mut seed)).await.unwrap();
         }
         assert!(
-            writer.closed.len() >= 2,
+            writer.files.closed.len() >= 2,
             "{} bytes written and fewer than 2 files closed at {target}",
             writer.buffered_bytes()
         );
         // The closed files count too, so that flush.max_bytes sees every byte since the commit.
-        let closed: u64 = writer.closed.iter().map(|a| a.size as u64).sum();
+        let closed: u64 = writer.files.closed.iter().map(|a| a.size as u64).sum();
         assert!(writer.buffered_bytes() as u64 >= closed && closed >= 2 * target);
         let committed = writer.commit(vec![("t".into(), 0)], &CommitInfo::default()).await.unwrap().unwrap();
         let files = table_files(&place).await;
@@ -712,7 +800,7 @@ mod tests {
         for _ in 0..6 {
             writer.write(random_batch(&schema, &mut seed)).await.unwrap();
         }
-        assert!(!writer.closed.is_empty());
+        assert!(!writer.files.closed.is_empty());
         writer.abandon().unwrap();
         assert_eq!(writer.buffered_bytes(), 0);
         writer.write(random_batch(&schema, &mut seed)).await.unwrap();

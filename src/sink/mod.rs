@@ -8,8 +8,8 @@ mod delta;
 mod dlq;
 
 pub use delta::{
-    open_table, parquet_properties_for, table_schema_at, CommitInfo, Committed, Replaced, SinkError, TablePair,
-    TableWriter,
+    open_table, parquet_properties_for, table_schema_at, CommitInfo, Committed, FileWriter, Replaced, SinkError,
+    TablePair, TableWriter, WrittenFiles,
 };
 pub use dlq::{dead_letter_batch, dlq_schema};
 

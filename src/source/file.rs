@@ -160,6 +160,13 @@ impl<R: BufRead> DelimitedReader<R> {
 }
 
 /// The varint length prefix at the start of `buf` and its size in bytes, when it is wholly there.
+/// The length prefix at the start of `buf`: (the record's length, the prefix's bytes), or None
+/// when `buf` ends inside it or it runs past 10 bytes.
+#[inline]
+pub fn length_prefix(buf: &[u8]) -> Option<(u64, usize)> {
+    whole_prefix(buf)
+}
+
 #[inline]
 fn whole_prefix(buf: &[u8]) -> Option<(u64, usize)> {
     let end = buf.iter().take(10).position(|b| *b < 0x80)?;

@@ -1,0 +1,402 @@
+//! A pool of workers (threads) that decode records and encode their rows into Parquet files of
+//! one table, for `backfill` and `ingest`.
+//!
+//! The thread that reads the source deals runs of records to the workers (whole records, not
+//! yet decoded) and ends an epoch with [`Pool::end_epoch`]: a flush marker queued behind every
+//! run dealt so far. Each worker finishes its files at the marker and hands back its part of
+//! the epoch ([`Part`]: the files, the row count and the dead letters). An epoch's parts hold
+//! exactly the records dealt before its marker, whichever worker took which run, so the source
+//! positions the dealer noted at the marker are wholly covered by the epoch's commit.
+//!
+//! A worker that fails (a batch that cannot be built, a file that cannot be written) drops what
+//! it holds, skips the rest of the epoch's runs and hands back the error as its part, so that
+//! the epoch still ends with one part from every worker; the commit that would have held it
+//! fails, and the worker is clean for the next epoch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as sync_mpsc;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::pipeline::{DeadLetter, PipelineError, TablePipeline};
+use crate::sink::{FileWriter, SinkError, WrittenFiles};
+use crate::source::file::{DelimitedReader, Frame};
+use crate::source::{Coordinates, Headers};
+
+/// Rows decoded between two hand-overs to the Parquet writer.
+const DECODE_BATCH: usize = 65_536;
+
+/// Runs waiting for each worker: enough that a worker never waits for the dealer, few enough
+/// that the input in flight stays a few MiB.
+const RUNS_QUEUED: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("reading a run of {file}: {cause}")]
+    Input { file: String, cause: std::io::Error },
+    #[error("the workers stopped: {0}")]
+    Gone(String),
+}
+
+/// Runs of records, as the dealer hands them out.
+pub enum Run {
+    /// Varint-delimited records `bytes[start..]` of an input file, the first at index `first`;
+    /// the last run of a file may end with a cut record, which the worker's framing reports.
+    File { source: Arc<str>, first: u64, bytes: Vec<u8>, start: usize },
+    /// Records of Kafka messages of one topic, their payloads back to back in `bytes`.
+    Kafka(KafkaRun),
+    /// A dead letter the dealer made itself (a record it could not hand over whole).
+    Dead(DeadLetter),
+}
+
+/// Kafka messages' payloads and where each came from.
+#[derive(Default)]
+pub struct KafkaRun {
+    pub topic: Option<Arc<str>>,
+    pub bytes: Vec<u8>,
+    pub records: Vec<KafkaRecord>,
+}
+
+pub struct KafkaRecord {
+    /// The payload's end in the run's bytes (it starts where the previous one ends).
+    pub end: usize,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    /// The message's headers when it has any (kept for its dead letter, should it become one).
+    pub headers: Option<Headers>,
+}
+
+impl KafkaRun {
+    pub fn push(
+        &mut self,
+        payload: &[u8],
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        headers: Option<Headers>,
+    ) {
+        self.bytes.extend_from_slice(payload);
+        self.records.push(KafkaRecord { end: self.bytes.len(), partition, offset, timestamp_ms, headers });
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+enum Job {
+    Run(Run),
+    /// Finish the files written so far: the end of an epoch.
+    Flush {
+        epoch: u64,
+    },
+    /// Drop everything since the last flush marker.
+    Abandon,
+}
+
+/// One worker's part of an epoch.
+pub struct Part {
+    pub files: WrittenFiles,
+    pub rows: u64,
+    /// Records framed (file runs) or taken (Kafka runs), dead letters included.
+    pub records: u64,
+    pub dead: Vec<DeadLetter>,
+}
+
+/// The workers of one table, and what they hand back.
+pub struct Pool {
+    jobs: Vec<sync_mpsc::SyncSender<Job>>,
+    /// The worker tried first for the next run.
+    next: usize,
+    /// Per worker: Parquet bytes written since its last flush marker.
+    buffered: Arc<Vec<AtomicU64>>,
+    epoch: u64,
+}
+
+/// A worker's part of an epoch, as it arrives: (worker, epoch, part).
+pub type Arrival = (usize, u64, Result<Part, WorkerError>);
+
+/// Where the workers' parts arrive (one per worker and epoch, in each worker's epoch order).
+pub type Parts = mpsc::Receiver<Arrival>;
+
+impl Pool {
+    /// Starts one worker per pipeline, each writing files of its own with `files`, on the
+    /// async runtime of `runtime` for their uploads.
+    pub fn start(
+        name: &str,
+        pipelines: Vec<TablePipeline>,
+        mut files: impl FnMut() -> Result<FileWriter, SinkError>,
+        max_record_bytes: usize,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<(Pool, Parts), WorkerError> {
+        let n = pipelines.len();
+        let buffered: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        let (done_tx, done_rx) = mpsc::channel(n * 2);
+        let mut jobs = Vec::with_capacity(n);
+        for (index, pipeline) in pipelines.into_iter().enumerate() {
+            let (tx, rx) = sync_mpsc::sync_channel::<Job>(RUNS_QUEUED);
+            jobs.push(tx);
+            let mut worker = Worker {
+                pipeline,
+                files: files()?,
+                rows: 0,
+                records: 0,
+                dead: Vec::new(),
+                failed: None,
+                max_record_bytes,
+                buffered: Arc::clone(&buffered),
+                index,
+            };
+            let done = done_tx.clone();
+            let runtime = runtime.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || worker.work(rx, done, &runtime))
+                .map_err(|e| WorkerError::Gone(format!("cannot start a worker thread: {e}")))?;
+        }
+        Ok((Pool { jobs, next: 0, buffered, epoch: 0 }, done_rx))
+    }
+
+    pub fn workers(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Parquet bytes the workers hold since their last flush marker.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Hands `run` to the first worker with room in its queue, or waits for the next in turn.
+    pub fn deal(&mut self, run: Run) -> Result<(), WorkerError> {
+        let n = self.jobs.len();
+        let mut job = Job::Run(run);
+        for i in 0..n {
+            let w = (self.next + i) % n;
+            match self.jobs[w].try_send(job) {
+                Ok(()) => {
+                    self.next = (w + 1) % n;
+                    return Ok(());
+                }
+                Err(sync_mpsc::TrySendError::Full(back)) => job = back,
+                Err(sync_mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+            }
+        }
+        let w = self.next;
+        self.next = (w + 1) % n;
+        self.jobs[w].send(job).map_err(|_| gone())
+    }
+
+    /// Queues a flush marker behind every run dealt: the epoch's number, whose parts arrive
+    /// on [`Parts`] (one per worker).
+    pub fn end_epoch(&mut self) -> Result<u64, WorkerError> {
+        let epoch = self.epoch;
+        self.epoch += 1;
+        for jobs in &self.jobs {
+            jobs.send(Job::Flush { epoch }).map_err(|_| gone())?;
+        }
+        Ok(epoch)
+    }
+
+    /// Drops, in every worker, what it holds of the runs dealt so far (no part comes of them).
+    pub fn abandon(&mut self) -> Result<(), WorkerError> {
+        for jobs in &self.jobs {
+            jobs.send(Job::Abandon).map_err(|_| gone())?;
+        }
+        Ok(())
+    }
+}
+
+fn gone() -> WorkerError {
+    WorkerError::Gone("a worker thread ended".into())
+}
+
+/// Collects the parts of `epoch` (one per worker) from `parts` and from `early` (parts that
+/// arrived while an earlier epoch was collected); parts of later epochs are left in `early`.
+/// The first worker error is returned once all parts are in.
+pub async fn collect(
+    parts: &mut Parts,
+    early: &mut Vec<Arrival>,
+    epoch: u64,
+    workers: usize,
+) -> Result<Vec<Part>, WorkerError> {
+    let mut got: Vec<Result<Part, WorkerError>> = Vec::with_capacity(workers);
+    let mut i = 0;
+    while i < early.len() {
+        if early[i].1 == epoch {
+            got.push(early.swap_remove(i).2);
+        } else {
+            i += 1;
+        }
+    }
+    while got.len() < workers {
+        let Some(arrival) = parts.recv().await else { return Err(gone()) };
+        if arrival.1 == epoch {
+            got.push(arrival.2);
+        } else {
+            early.push(arrival);
+        }
+    }
+    got.into_iter().collect()
+}
+
+struct Worker {
+    pipeline: TablePipeline,
+    files: FileWriter,
+    /// Rows written and records taken since the last flush marker.
+    rows: u64,
+    records: u64,
+    dead: Vec<DeadLetter>,
+    /// Why this epoch's work was dropped; handed back at its flush marker.
+    failed: Option<WorkerError>,
+    max_record_bytes: usize,
+    buffered: Arc<Vec<AtomicU64>>,
+    index: usize,
+}
+
+impl Worker {
+    fn work(&mut self, jobs: sync_mpsc::Receiver<Job>, done: mpsc::Sender<Arrival>, runtime: &tokio::runtime::Handle) {
+        for job in jobs {
+            match job {
+                Job::Run(run) => {
+                    if self.failed.is_some() {
+                        continue;
+                    }
+                    if let Err(e) = self.take(run, runtime) {
+                        self.drop_all();
+                        self.failed = Some(e);
+                    }
+                }
+                Job::Flush { epoch } => {
+                    let part = match self.failed.take() {
+                        Some(e) => Err(e),
+                        None => runtime.block_on(self.flush()),
+                    };
+                    if part.is_err() {
+                        self.drop_all();
+                    }
+                    if done.blocking_send((self.index, epoch, part)).is_err() {
+                        return;
+                    }
+                }
+                Job::Abandon => {
+                    self.drop_all();
+                    self.failed = None;
+                }
+            }
+        }
+    }
+
+    fn drop_all(&mut self) {
+        self.pipeline.discard();
+        self.files.abandon();
+        self.rows = 0;
+        self.records = 0;
+        self.dead.clear();
+        self.buffered[self.index].store(0, Ordering::Relaxed);
+    }
+
+    fn take(&mut self, run: Run, runtime: &tokio::runtime::Handle) -> Result<(), WorkerError> {
+        match run {
+            Run::File { source, first, bytes, start } => {
+                let mut reader = DelimitedReader::new(&bytes[start..], self.max_record_bytes);
+                // One value for all the run's records; only the index changes.
+                let mut coordinates = Coordinates::File { path: Arc::clone(&source), index: first };
+                loop {
+                    let frame =
+                        reader.next_frame().map_err(|cause| WorkerError::Input { file: source.to_string(), cause })?;
+                    let Some((at, frame)) = frame else { break };
+                    self.records += 1;
+                    if let Coordinates::File { index, .. } = &mut coordinates {
+                        *index = first + at;
+                    }
+                    match frame {
+                        Frame::Record(bytes) => self.pipeline.push(bytes, &coordinates),
+                        Frame::Oversized { len } => self.pipeline.dead_letter_oversized(len, None, coordinates.clone()),
+                        Frame::Truncated { expected, partial } => {
+                            self.pipeline.dead_letter(cut_record(expected, partial, coordinates.clone()))
+                        }
+                    }
+                    if self.pipeline.pending() >= DECODE_BATCH {
+                        runtime.block_on(self.hand_over())?;
+                    }
+                }
+            }
+            Run::Kafka(run) => {
+                let Some(topic) = run.topic else { return Ok(()) };
+                let mut start = 0;
+                for record in run.records {
+                    let coordinates = Coordinates::Kafka {
+                        topic: Arc::clone(&topic),
+                        partition: record.partition,
+                        offset: record.offset,
+                        timestamp_ms: record.timestamp_ms,
+                    };
+                    let payload = &run.bytes[start..record.end];
+                    start = record.end;
+                    self.records += 1;
+                    let headers = record.headers;
+                    self.pipeline.push_with_headers(payload, &coordinates, || headers.unwrap_or_default());
+                    if self.pipeline.pending() >= DECODE_BATCH {
+                        runtime.block_on(self.hand_over())?;
+                    }
+                }
+            }
+            Run::Dead(letter) => {
+                self.records += 1;
+                self.pipeline.dead_letter(letter);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the decoded rows into Parquet files and the dead letters aside (nothing visible).
+    async fn hand_over(&mut self) -> Result<(), WorkerError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let (batch, dead) = self.pipeline.take(now)?;
+        if let Some(batch) = batch {
+            self.rows += batch.num_rows() as u64;
+            self.files.write(batch).await?;
+            self.buffered[self.index].store(self.files.buffered_bytes() as u64, Ordering::Relaxed);
+        }
+        self.dead.extend(dead);
+        Ok(())
+    }
+
+    /// This worker's part of the epoch: its files finished, its rows and dead letters.
+    async fn flush(&mut self) -> Result<Part, WorkerError> {
+        self.hand_over().await?;
+        let files = self.files.finish().await?;
+        self.buffered[self.index].store(0, Ordering::Relaxed);
+        Ok(Part {
+            files,
+            rows: std::mem::take(&mut self.rows),
+            records: std::mem::take(&mut self.records),
+            dead: std::mem::take(&mut self.dead),
+        })
+    }
+}
+
+/// The dead letter of a record the file's end cut short.
+pub fn cut_record(expected: Option<u64>, partial: Vec<u8>, coordinates: Coordinates) -> DeadLetter {
+    DeadLetter {
+        message: match expected {
+            Some(len) => format!("the file ends {} bytes into a {len}-byte record", partial.len()),
+            None => "the file ends inside a record's length prefix".to_string(),
+        },
+        raw: partial,
+        reason: "truncated".into(),
+        field_path: String::new(),
+        coordinates,
+        headers: Vec::new(),
+    }
+}
