@@ -544,7 +544,10 @@ fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
         // keeps until its session times out) is irrelevant, since positions come from the table.
         let group = unique("crash-group");
         let log = format!("crash{k}.log");
-        let mut child = lake.start_in_group(Some(&group), &[], &log);
+        // Runs of several workers and of one take turns: whatever a killed run's workers held,
+        // the next run, with however many, resumes from the table's positions.
+        let workers = if k % 2 == 0 { "3" } else { "1" };
+        let mut child = lake.start_in_group(Some(&group), &["--workers", workers], &log);
         // The moment is counted from this run's first commit (or, if none comes within a
         // minute, from its assignment), so every kill lands while it ingests and commits.
         let joining = Instant::now();
@@ -579,7 +582,8 @@ fn kill_nine_at_random_moments_loses_and_doubles_nothing() {
     }
     // A broker keeping a large topic in memory may take seconds to answer the first fetch.
     let idle = std::env::var("PROTOLAKE_CRASH_IDLE").unwrap_or_else(|_| "3s".into());
-    let mut child = lake.start_in_group(Some(&unique("final-group")), &["--exit-when-idle", &idle], "final.log");
+    let mut child =
+        lake.start_in_group(Some(&unique("final-group")), &["--exit-when-idle", &idle, "--workers", "2"], "final.log");
     assert!(wait_at_most(&mut child, Duration::from_secs(900)).success(), "{}", lake.log("final.log"));
     let rows = offsets(&lake.table());
     assert_offsets(&rows, &expected_offsets(0..n, partitions, &|i| !bad(i)), &lake.log("final.log"));
