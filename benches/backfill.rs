@@ -25,7 +25,7 @@ use protolake::source::file::write_delimited;
 
 mod common;
 
-use common::{arg, cpu_seconds, flat_event, peak_rss_mib};
+use common::{arg, cpu_seconds, flat_event, list_arg, peak_rss_mib};
 
 fn dir_size(p: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(p) else { return 0 };
@@ -83,14 +83,7 @@ fn main() {
     }
     // The whole runs, each in a process of its own (its own CPU clock and peak RSS), the worker
     // counts interleaved so that the machine's drift moves them alike.
-    let workers: Vec<usize> = args
-        .iter()
-        .position(|a| a == "--workers")
-        .and_then(|i| args.get(i + 1))
-        .map_or("1,2".to_string(), String::clone)
-        .split(',')
-        .map(|w| w.parse().expect("--workers 1,2"))
-        .collect();
+    let workers = list_arg("--workers", "1,2");
     let pairs = arg("--pairs", 3);
     let input_bytes = std::fs::metadata(&input).unwrap().len();
     println!(

@@ -24,7 +24,7 @@ use protolake::config::{
 use protolake::pipeline::{source_fields, EVENT_DATE};
 use protolake::sink::{CommitInfo, TableWriter};
 
-use common::{arg, cpu_seconds, flat_event, peak_rss_mib, reset_peak_rss};
+use common::{arg, cpu_seconds, flat_event, list_arg, peak_rss_mib, reset_peak_rss};
 
 const BATCH: usize = 100_000;
 
@@ -158,16 +158,7 @@ fn main() {
 
     let table = table_config(&location);
     let date = chrono::NaiveDate::from_ymd_opt(2025, 11, 21).unwrap();
-    let workers: Vec<usize> = {
-        let args: Vec<String> = std::env::args().collect();
-        args.iter()
-            .position(|a| a == "--workers")
-            .and_then(|i| args.get(i + 1))
-            .map_or("1,2".to_string(), String::clone)
-            .split(',')
-            .map(|w| w.parse().expect("--workers 1,2"))
-            .collect()
-    };
+    let workers = list_arg("--workers", "1,2");
     let mut ours: Vec<(usize, f64)> = Vec::new();
     for &w in &workers {
         let options = CloseOptions { date, force: true, now: chrono::Utc::now(), workers: w };

@@ -46,6 +46,13 @@ pub fn arg(name: &str, default: usize) -> usize {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// A comma-separated list of numbers, e.g. `--workers 1,2`.
+pub fn list_arg(name: &str, default: &str) -> Vec<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let text = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map_or(default, String::as_str);
+    text.split(',').map(|v| v.trim().parse().unwrap_or_else(|_| panic!("{name} {default}: numbers"))).collect()
+}
+
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
