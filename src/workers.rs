@@ -116,6 +116,10 @@ pub struct Part {
 /// The workers of one table, and what they hand back.
 pub struct Pool {
     jobs: Vec<sync_mpsc::SyncSender<Job>>,
+    /// Jobs taken by the workers so far, and the signal of each take: a dealer finding every
+    /// queue full waits for the next take, whichever worker makes it, rather than for one
+    /// worker's queue (that worker may be busy encoding while another has run dry).
+    taken: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
     /// The worker tried first for the next run.
     next: usize,
     /// Per worker: Parquet bytes written since its last flush marker.
@@ -141,6 +145,7 @@ impl Pool {
     ) -> Result<(Pool, Parts), WorkerError> {
         let n = pipelines.len();
         let buffered: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        let taken = Arc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
         let (done_tx, done_rx) = mpsc::channel(n * 2);
         let mut jobs = Vec::with_capacity(n);
         for (index, pipeline) in pipelines.into_iter().enumerate() {
@@ -155,6 +160,7 @@ impl Pool {
                 failed: None,
                 max_record_bytes,
                 buffered: Arc::clone(&buffered),
+                taken: Arc::clone(&taken),
                 index,
             };
             let done = done_tx.clone();
@@ -164,7 +170,7 @@ impl Pool {
                 .spawn(move || worker.work(rx, done, &runtime))
                 .map_err(|e| WorkerError::Gone(format!("cannot start a worker thread: {e}")))?;
         }
-        Ok((Pool { jobs, next: 0, buffered, epoch: 0 }, done_rx))
+        Ok((Pool { jobs, taken, next: 0, buffered, epoch: 0 }, done_rx))
     }
 
     pub fn workers(&self) -> usize {
@@ -176,24 +182,33 @@ impl Pool {
         self.buffered.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
-    /// Hands `run` to the first worker with room in its queue, or waits for the next in turn.
+    /// Hands `run` to the next worker in turn with room in its queue; when every queue is
+    /// full, waits until any worker takes a job.
     pub fn deal(&mut self, run: Run) -> Result<(), WorkerError> {
         let n = self.jobs.len();
         let mut job = Job::Run(run);
-        for i in 0..n {
-            let w = (self.next + i) % n;
-            match self.jobs[w].try_send(job) {
-                Ok(()) => {
-                    self.next = (w + 1) % n;
-                    return Ok(());
+        let (count, signal) = &*self.taken;
+        loop {
+            let seen = *count.lock().unwrap_or_else(|p| p.into_inner());
+            for i in 0..n {
+                let w = (self.next + i) % n;
+                match self.jobs[w].try_send(job) {
+                    Ok(()) => {
+                        self.next = (w + 1) % n;
+                        return Ok(());
+                    }
+                    Err(sync_mpsc::TrySendError::Full(back)) => job = back,
+                    Err(sync_mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
                 }
-                Err(sync_mpsc::TrySendError::Full(back)) => job = back,
-                Err(sync_mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
+            }
+            // Every queue was full: wait for a take after `seen` (one that came in between
+            // is not missed: the count has moved), with a bound, so that a worker that ended
+            // is noticed by the next try.
+            let guard = count.lock().unwrap_or_else(|p| p.into_inner());
+            if *guard == seen {
+                let _ = signal.wait_timeout(guard, std::time::Duration::from_millis(100));
             }
         }
-        let w = self.next;
-        self.next = (w + 1) % n;
-        self.jobs[w].send(job).map_err(|_| gone())
     }
 
     /// Queues a flush marker behind every run dealt: the epoch's number, whose parts arrive
@@ -260,12 +275,18 @@ struct Worker {
     failed: Option<WorkerError>,
     max_record_bytes: usize,
     buffered: Arc<Vec<AtomicU64>>,
+    taken: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
     index: usize,
 }
 
 impl Worker {
     fn work(&mut self, jobs: sync_mpsc::Receiver<Job>, done: mpsc::Sender<Arrival>, runtime: &tokio::runtime::Handle) {
         for job in jobs {
+            {
+                let (count, signal) = &*self.taken;
+                *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                signal.notify_one();
+            }
             match job {
                 Job::Run(run) => {
                     if self.failed.is_some() {
