@@ -161,6 +161,9 @@ fn main() {
     let workers = list_arg("--workers", "1,2");
     let mut ours: Vec<(usize, f64)> = Vec::new();
     for &w in &workers {
+        // Each run publishes into a final table of its own (a rerun into the same one would
+        // find the day closed and do nothing).
+        let table = TableConfig { final_location: format!("{location}_final_{w}").into(), ..table.clone() };
         let options = CloseOptions { date, force: true, now: chrono::Utc::now(), workers: w };
         reset_peak_rss();
         let cpu = cpu_seconds();
@@ -168,6 +171,7 @@ fn main() {
         let report = rt.block_on(close_day(&table, &options, &|_| {})).expect("close-books runs");
         let wall = started.elapsed();
         let cpu = cpu_seconds() - cpu;
+        assert_eq!(report.rows_read, n as u64, "the whole day is read and closed");
         println!(
             "protolake close-books, {w} worker(s): {:.2} M rows/s wall ({:.1} s), {:.2} M rows per CPU-second, peak RSS {:.0} MiB \
              (memory_limit {} MiB, {} MiB spilled); read {}, duplicates removed {}, published {}",
