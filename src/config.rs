@@ -181,7 +181,7 @@ pub struct CloseBooksConfig {
     /// Memory the scan and deduplication may hold before spilling to disk.
     pub memory_limit: u64,
     /// Whether sorted runs spilled to disk are lz4-compressed (`spill_compression = "lz4"`):
-    /// half the disk bytes for more CPU. Off by default.
+    /// fewer bytes on disk for more CPU. Off by default.
     pub compress_spills: bool,
 }
 

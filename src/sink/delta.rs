@@ -105,11 +105,6 @@ impl WrittenFiles {
         self.0.is_empty()
     }
 
-    /// Their size in bytes.
-    pub fn bytes(&self) -> u64 {
-        self.0.iter().map(|a| u64::try_from(a.size).unwrap_or(0)).sum()
-    }
-
     pub fn extend(&mut self, other: WrittenFiles) {
         self.0.extend(other.0);
     }
@@ -230,39 +225,22 @@ impl TableWriter {
         let schema: SchemaRef = table.snapshot().map_err(err)?.snapshot().arrow_schema();
         let writer_properties = parquet_properties(parquet);
         let partition_columns = table.snapshot().map_err(err)?.metadata().partition_columns().to_vec();
-        let mut writer = TableWriter {
-            location: location.to_string(),
-            partition_columns,
-            files: FileWriter {
-                location: location.to_string(),
-                partition_columns: Vec::new(),
-                writer: RecordBatchWriter::for_table(&table).map_err(err)?,
-                schema: schema.clone(),
-                target_file_size,
-                closed: Vec::new(),
-            },
-            table,
-            writer_properties,
-        };
-        writer.files = writer.file_writer()?;
-        Ok(writer)
+        let files =
+            FileWriter::for_table(&table, location, &partition_columns, &writer_properties, schema, target_file_size)?;
+        Ok(TableWriter { location: location.to_string(), partition_columns, table, files, writer_properties })
     }
 
     /// Another writer of Parquet files for this table (for a worker on another thread); its
     /// files join the table through [`commit_files`](Self::commit_files).
     pub fn file_writer(&self) -> Result<FileWriter, SinkError> {
-        let err = |cause| SinkError::Delta { location: self.location.clone(), cause };
-        let writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(err)?
-            .with_writer_properties(self.writer_properties.clone());
-        Ok(FileWriter {
-            location: self.location.clone(),
-            partition_columns: self.partition_columns.clone(),
-            writer,
-            schema: self.files.schema.clone(),
-            target_file_size: self.files.target_file_size,
-            closed: Vec::new(),
-        })
+        FileWriter::for_table(
+            &self.table,
+            &self.location,
+            &self.partition_columns,
+            &self.writer_properties,
+            self.files.schema.clone(),
+            self.files.target_file_size,
+        )
     }
 
     /// Loads the commits other writers made since this writer last looked.
@@ -428,6 +406,27 @@ impl TableWriter {
 }
 
 impl FileWriter {
+    fn for_table(
+        table: &DeltaTable,
+        location: &str,
+        partition_columns: &[String],
+        properties: &WriterProperties,
+        schema: SchemaRef,
+        target_file_size: u64,
+    ) -> Result<Self, SinkError> {
+        let writer = RecordBatchWriter::for_table(table)
+            .map_err(|cause| SinkError::Delta { location: location.to_string(), cause })?
+            .with_writer_properties(properties.clone());
+        Ok(FileWriter {
+            location: location.to_string(),
+            partition_columns: partition_columns.to_vec(),
+            writer,
+            schema,
+            target_file_size,
+            closed: Vec::new(),
+        })
+    }
+
     /// Streams a batch into Parquet files (not yet visible to readers). Columns are matched to
     /// the table's by name.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), SinkError> {
