@@ -140,17 +140,18 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
     let workers = spec.workers.max(1);
     let contract_version = spec.contract.as_ref().map_or("adhoc".to_string(), |(v, _)| format!("v{v}"));
     let contract = spec.contract.as_ref().map(|(_, c)| c);
-    let mut pipelines = Vec::with_capacity(workers);
-    for worker in 1..workers {
-        let decoder = spec.decoder.fresh().map_err(|e| BackfillError::Worker { worker, message: e.to_string() })?;
-        let validator = spec.validator.as_ref().map(|v| v.fresh());
-        pipelines.push(
-            TablePipeline::new(decoder, contract, spec.event_time.as_ref(), spec.max_record_bytes)?
-                .with_validator(validator),
-        );
-    }
-    let first = TablePipeline::new(spec.decoder, contract, spec.event_time.as_ref(), spec.max_record_bytes)?
-        .with_validator(spec.validator);
+    let pipelines = crate::workers::pipelines(
+        spec.decoder,
+        spec.validator,
+        contract,
+        spec.event_time.as_ref(),
+        spec.max_record_bytes,
+        workers,
+    )
+    .map_err(|e| match e {
+        WorkerError::Pipeline(e) => BackfillError::Pipeline(e),
+        other => other.into(),
+    })?;
     let properties: HashMap<String, String> =
         [("protolake.contractVersion".to_string(), contract_version.clone())].into();
     // A spec built from a config holds the event-time column already; an ad-hoc one does not.
@@ -158,15 +159,14 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
     let (mut data, mut dlq) = TablePair {
         location: &spec.location,
         dlq_location: &spec.dlq_location,
-        schema: first.table_schema(),
-        partition_columns: first.partition_columns(),
+        schema: pipelines[0].table_schema(),
+        partition_columns: pipelines[0].partition_columns(),
         properties,
         parquet: &parquet,
         target_file_size: spec.flush.target_file_size,
     }
     .open()
     .await?;
-    pipelines.insert(0, first);
 
     // Each file is named by its absolute path (its source id); a file named twice is read once,
     // since its position is only known to the table after a commit.
@@ -397,7 +397,7 @@ impl Reader {
                     let letter = if cut {
                         cut_record(Some(len), Vec::new(), coordinates)
                     } else {
-                        oversized(len, self.max_record_bytes, coordinates)
+                        crate::pipeline::oversized_letter(len, self.max_record_bytes, None, coordinates)
                     };
                     self.pool.deal(Run::Dead(letter))?;
                     self.dealt(&input.name, index, 1)?;
@@ -405,20 +405,6 @@ impl Reader {
             }
         }
         Ok(())
-    }
-}
-
-/// The dead letter of a record over `max_record_bytes` (not read: nothing of it is kept).
-fn oversized(len: u64, max_record_bytes: usize, coordinates: Coordinates) -> DeadLetter {
-    DeadLetter {
-        raw: Vec::new(),
-        reason: "too_large".into(),
-        message: format!(
-            "record of {len} bytes is over max_record_bytes ({max_record_bytes}); raise it in the table config if such records are legitimate"
-        ),
-        field_path: String::new(),
-        coordinates,
-        headers: Vec::new(),
     }
 }
 

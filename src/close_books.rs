@@ -485,15 +485,16 @@ async fn sorted_day(
 ) -> Result<DayPlan, DataFusionError> {
     use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
     use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    // Sorts share the budget and spill beyond it; an exhausted budget names its top consumers.
+    // The session's pool: the one sort of a single worker, and the scan; an exhausted budget
+    // names its top consumers.
     let limit = usize::try_from(table.close_books.memory_limit).unwrap_or(usize::MAX);
     let pool = TrackConsumersPool::new(FairSpillPool::new(limit), std::num::NonZeroUsize::new(5).expect("5 > 0"));
     let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
     let mut state = deltalake::delta_datafusion::DeltaSessionContext::with_runtime_env(runtime).state();
     // Plain string and binary arrays, as the final table's writer expects.
     state.config_mut().options_mut().execution.parquet.schema_force_view_types = false;
-    // One sort per worker, each over the rows of a share of the keys (split by their hash), so
-    // that every key's rows meet in one sort; the sorts share the budget fairly.
+    // The scan in as many partitions as workers; with more than one, their rows are split by
+    // the key's hash into one sort per worker, each in a pool of its own (DayPlan::parts).
     state.config_mut().options_mut().execution.target_partitions = workers;
     // Spilled runs are written and read back once, to the temporary folder: uncompressed
     // unless the table asks for lz4 (the 10M-row bench day: 3.1 GiB spilled in 14.4 s on 2

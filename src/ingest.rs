@@ -48,7 +48,7 @@ use crate::config::{FlushPolicy, IngestConfig, KafkaConfig, TableConfig};
 use crate::contract::Contract;
 use crate::decode::Decoder;
 use crate::metrics::{Health, Metrics, OutcomeLabel, PartitionLabel, ReasonLabel, TableHealth, TableLabel};
-use crate::pipeline::{DeadLetter, PipelineError, TablePipeline};
+use crate::pipeline::{DeadLetter, PipelineError};
 use crate::sink::{dead_letter_batch, CommitInfo, SinkError, TablePair, TableWriter, WrittenFiles};
 use crate::source::framing::Unframer;
 use crate::source::kafka::{app_id, consumer_config, coordinates, headers, producer_config, starts_at_end};
@@ -375,25 +375,16 @@ impl TableState {
         let name = setup.config.name.clone();
         let sink_err = |cause| IngestError::Sink { table: name.clone(), cause };
         let contract_version = setup.contract.as_ref().map_or("adhoc".to_string(), |(v, _)| format!("v{v}"));
-        let pipeline_err = |cause| IngestError::Pipeline { table: name.clone(), cause };
-        let contract = setup.contract.as_ref().map(|(_, c)| c);
-        let (event_time, max_record_bytes) = (setup.config.event_time.as_ref(), setup.config.max_record_bytes);
-        let mut pipelines = Vec::with_capacity(workers);
-        for _ in 1..workers.max(1) {
-            let decoder = setup.decoder.fresh().map_err(|e| IngestError::Stopped {
-                table: name.clone(),
-                message: format!("preparing a worker's decoder: {e}"),
-            })?;
-            let validator = setup.validator.as_ref().map(|v| v.fresh());
-            pipelines.push(
-                TablePipeline::new(decoder, contract, event_time, max_record_bytes)
-                    .map_err(pipeline_err)?
-                    .with_validator(validator),
-            );
-        }
-        let pipeline = TablePipeline::new(setup.decoder, contract, event_time, max_record_bytes)
-            .map_err(pipeline_err)?
-            .with_validator(setup.validator);
+        let max_record_bytes = setup.config.max_record_bytes;
+        let pipelines = crate::workers::pipelines(
+            setup.decoder,
+            setup.validator,
+            setup.contract.as_ref().map(|(_, c)| c),
+            setup.config.event_time.as_ref(),
+            max_record_bytes,
+            workers,
+        )
+        .map_err(|cause| workers_error(&name, cause))?;
         let properties: std::collections::HashMap<String, String> = [
             ("protolake.contractVersion".to_string(), contract_version.clone()),
             ("delta.checkpointInterval".to_string(), setup.config.checkpoint_interval.to_string()),
@@ -402,8 +393,8 @@ impl TableState {
         let (data, dlq) = TablePair {
             location: &setup.config.location,
             dlq_location: &setup.config.dlq_location,
-            schema: pipeline.table_schema(),
-            partition_columns: pipeline.partition_columns(),
+            schema: pipelines[0].table_schema(),
+            partition_columns: pipelines[0].partition_columns(),
             properties,
             parquet: &setup.config.parquet,
             target_file_size: setup.config.flush.target_file_size,
@@ -411,7 +402,6 @@ impl TableState {
         .open()
         .await
         .map_err(sink_err)?;
-        pipelines.insert(0, pipeline);
         let (pool, parts) = Pool::start(
             &format!("ingest-{name}"),
             pipelines,
@@ -419,7 +409,7 @@ impl TableState {
             max_record_bytes,
             &Handle::current(),
         )
-        .map_err(|cause| IngestError::Workers { table: name.clone(), cause })?;
+        .map_err(|cause| workers_error(&name, cause))?;
         let dlq_topic = match &setup.config.dlq_topic {
             None => None,
             Some(topic) => {
@@ -715,11 +705,7 @@ impl TableState {
         let epoch = self.pool.end_epoch().map_err(workers_err)?;
         let workers = self.pool.workers();
         let parts = crate::workers::collect(&mut self.parts, &mut self.early, epoch, workers).await;
-        let parts = parts.map_err(|cause| match cause {
-            WorkerError::Sink(cause) => IngestError::Sink { table: self.name.clone(), cause },
-            WorkerError::Pipeline(cause) => IngestError::Pipeline { table: self.name.clone(), cause },
-            cause => IngestError::Workers { table: self.name.clone(), cause },
-        })?;
+        let parts = parts.map_err(|cause| workers_error(&self.name, cause))?;
         let mut files = WrittenFiles::default();
         for part in parts {
             files.extend(part.files);
@@ -860,6 +846,17 @@ impl TableState {
             }
         }
         producer.flush(Duration::from_secs(30)).map_err(kafka_err)
+    }
+}
+
+/// A worker's error as the table's: a sink or pipeline error as such, anything else as the
+/// workers'.
+fn workers_error(table: &str, cause: WorkerError) -> IngestError {
+    let table = table.to_string();
+    match cause {
+        WorkerError::Sink(cause) => IngestError::Sink { table, cause },
+        WorkerError::Pipeline(cause) => IngestError::Pipeline { table, cause },
+        cause => IngestError::Workers { table, cause },
     }
 }
 

@@ -270,17 +270,7 @@ impl TablePipeline {
 
     /// Records a record that could not even be framed or held (oversized, cut file).
     pub fn dead_letter_oversized(&mut self, len: u64, head: Option<&[u8]>, coordinates: Coordinates) {
-        self.dead.push(DeadLetter {
-            raw: head.map(|b| b[..b.len().min(1024)].to_vec()).unwrap_or_default(),
-            reason: "too_large".into(),
-            message: format!(
-                "record of {len} bytes is over max_record_bytes ({}); raise it in the table config if such records are legitimate (first KiB kept)",
-                self.max_record_bytes
-            ),
-            field_path: String::new(),
-            coordinates,
-            headers: Vec::new(),
-        });
+        self.dead.push(oversized_letter(len, self.max_record_bytes, head, coordinates));
     }
 
     /// Drops everything pushed since the last `take` (a batch abandoned before its commit).
@@ -313,6 +303,27 @@ impl TablePipeline {
         }
         let batch = conform(columns, &self.table_schema, rows)?;
         Ok((Some(batch), dead))
+    }
+}
+
+/// The dead letter of a record of `len` bytes over `max_record_bytes`, keeping the first KiB of
+/// `head` when the record's bytes are at hand.
+pub fn oversized_letter(
+    len: u64,
+    max_record_bytes: usize,
+    head: Option<&[u8]>,
+    coordinates: Coordinates,
+) -> DeadLetter {
+    let kept = if head.is_some() { " (first KiB kept)" } else { "" };
+    DeadLetter {
+        raw: head.map(|b| b[..b.len().min(1024)].to_vec()).unwrap_or_default(),
+        reason: "too_large".into(),
+        message: format!(
+            "record of {len} bytes is over max_record_bytes ({max_record_bytes}); raise it in the table config if such records are legitimate{kept}"
+        ),
+        field_path: String::new(),
+        coordinates,
+        headers: Vec::new(),
     }
 }
 

@@ -33,6 +33,8 @@ const RUNS_QUEUED: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    #[error("preparing a worker's decoder: {0}")]
+    Decoder(#[from] crate::decode::SchemaError),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
@@ -108,9 +110,28 @@ enum Job {
 pub struct Part {
     pub files: WrittenFiles,
     pub rows: u64,
-    /// Records framed (file runs) or taken (Kafka runs), dead letters included.
-    pub records: u64,
     pub dead: Vec<DeadLetter>,
+}
+
+/// One pipeline per worker (at least one): the first of `decoder` and `validator`, the others
+/// of fresh copies of them.
+pub fn pipelines(
+    decoder: crate::decode::Decoder,
+    validator: Option<crate::validate::RecordValidator>,
+    contract: Option<&crate::contract::Contract>,
+    event_time: Option<&crate::config::EventTime>,
+    max_record_bytes: usize,
+    workers: usize,
+) -> Result<Vec<TablePipeline>, WorkerError> {
+    let mut pipelines = Vec::with_capacity(workers.max(1));
+    for _ in 1..workers.max(1) {
+        let validator = validator.as_ref().map(|v| v.fresh());
+        pipelines.push(
+            TablePipeline::new(decoder.fresh()?, contract, event_time, max_record_bytes)?.with_validator(validator),
+        );
+    }
+    pipelines.insert(0, TablePipeline::new(decoder, contract, event_time, max_record_bytes)?.with_validator(validator));
+    Ok(pipelines)
 }
 
 /// The workers of one table, and what they hand back.
@@ -155,7 +176,6 @@ impl Pool {
                 pipeline,
                 files: files()?,
                 rows: 0,
-                records: 0,
                 dead: Vec::new(),
                 failed: None,
                 max_record_bytes,
@@ -267,9 +287,8 @@ pub async fn collect(
 struct Worker {
     pipeline: TablePipeline,
     files: FileWriter,
-    /// Rows written and records taken since the last flush marker.
+    /// Rows written since the last flush marker.
     rows: u64,
-    records: u64,
     dead: Vec<DeadLetter>,
     /// Why this epoch's work was dropped; handed back at its flush marker.
     failed: Option<WorkerError>,
@@ -321,7 +340,6 @@ impl Worker {
         self.pipeline.discard();
         self.files.abandon();
         self.rows = 0;
-        self.records = 0;
         self.dead.clear();
         self.buffered[self.index].store(0, Ordering::Relaxed);
     }
@@ -336,7 +354,6 @@ impl Worker {
                     let frame =
                         reader.next_frame().map_err(|cause| WorkerError::Input { file: source.to_string(), cause })?;
                     let Some((at, frame)) = frame else { break };
-                    self.records += 1;
                     if let Coordinates::File { index, .. } = &mut coordinates {
                         *index = first + at;
                     }
@@ -364,7 +381,6 @@ impl Worker {
                     };
                     let payload = &run.bytes[start..record.end];
                     start = record.end;
-                    self.records += 1;
                     let headers = record.headers;
                     self.pipeline.push_with_headers(payload, &coordinates, || headers.unwrap_or_default());
                     if self.pipeline.pending() >= DECODE_BATCH {
@@ -373,7 +389,6 @@ impl Worker {
                 }
             }
             Run::Dead(letter) => {
-                self.records += 1;
                 self.pipeline.dead_letter(letter);
             }
         }
@@ -398,12 +413,7 @@ impl Worker {
         self.hand_over().await?;
         let files = self.files.finish().await?;
         self.buffered[self.index].store(0, Ordering::Relaxed);
-        Ok(Part {
-            files,
-            rows: std::mem::take(&mut self.rows),
-            records: std::mem::take(&mut self.records),
-            dead: std::mem::take(&mut self.dead),
-        })
+        Ok(Part { files, rows: std::mem::take(&mut self.rows), dead: std::mem::take(&mut self.dead) })
     }
 }
 
