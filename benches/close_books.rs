@@ -3,7 +3,7 @@
 //! deduplication as a polars query and as a DuckDB query over the same Parquet files (both from
 //! PyPI, installed into the bench's Python if missing), each writing its result as Parquet.
 //!
-//! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--workers 1,2] [--skip-peers 1]
+//! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--workers 1,2] [--lz4-spills 1] [--skip-peers 1]
 
 mod common;
 
@@ -106,7 +106,8 @@ fn table_config(location: &str) -> TableConfig {
         dlq_topic: None,
         checkpoint_interval: 100,
         final_location: format!("{location}_final").into(),
-        close_books: CloseBooksConfig::default(),
+        // `--lz4-spills 1`: close_books.spill_compression = "lz4".
+        close_books: CloseBooksConfig { compress_spills: arg("--lz4-spills", 0) == 1, ..CloseBooksConfig::default() },
         zorder_by: Vec::new(),
     }
 }

@@ -497,8 +497,9 @@ async fn sorted_day(
     // the key's hash into one sort per worker, each in a pool of its own (DayPlan::parts).
     state.config_mut().options_mut().execution.target_partitions = workers;
     // Spilled runs are written and read back once, to the temporary folder: uncompressed
-    // unless the table asks for lz4 (the 10M-row bench day: 3.1 GiB spilled in 14.4 s on 2
-    // workers, against 1.0 GiB in 15.5 s with lz4, whose compression took a tenth of the CPU).
+    // unless the table asks for lz4 (`cargo bench --bench close_books -- --workers 2
+    // --skip-peers 1 --lz4-spills 0|1`: 3.1 GiB spilled in 18.1 s, against 1.0 GiB in 19.7 s
+    // with lz4).
     state.config_mut().options_mut().execution.spill_compression = if table.close_books.compress_spills {
         deltalake::datafusion::common::config::SpillCompression::Lz4Frame
     } else {
