@@ -52,6 +52,12 @@ pub enum Command {
     /// compaction or close-books, or never committed). Refuses a retention shorter than the
     /// table's delta.deletedFileRetentionDuration (7 days by default) unless --force.
     Vacuum(VacuumArgs),
+    /// Serve the gRPC front door: every method routed in `[gateway.routes]` is served from the
+    /// table's descriptor set, each record is checked as the sink checks it (contract, rules,
+    /// size) and, if accepted, published to the table's topic; a call is answered after the
+    /// broker acknowledged its records. Also HTTP/JSON (Connect unary) on the same paths,
+    /// server reflection, grpc.health.v1, /metrics. Runs until SIGTERM/SIGINT, then drains.
+    Gateway(GatewayArgs),
     /// Generate sample ad-impression events (some duplicated, some invalid), ingest them into
     /// ./lake/ through the real pipeline, and show how to query the result.
     Quickstart(QuickstartArgs),
@@ -105,6 +111,24 @@ pub struct IngestArgs {
     /// `off` disables them).
     #[arg(long, value_name = "HOST:PORT|off")]
     pub metrics_address: Option<String>,
+}
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// The config file (its `[gateway]` section and the routed tables).
+    #[arg(long, value_name = "FILE", default_value = "protolake.toml", env = "PROTOLAKE_CONFIG")]
+    pub config: PathBuf,
+    /// Listen on this address (overrides gateway.listen), e.g. `0.0.0.0:50051`; port 0 picks one.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Serve /metrics, /healthz and /readyz on this address (overrides gateway.metrics_address;
+    /// `off` disables them).
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub metrics_address: Option<String>,
+    /// Log format: `text` for people, `json` for log pipelines. Levels come from RUST_LOG
+    /// (default `warn,protolake=info`).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 #[derive(Args)]

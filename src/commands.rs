@@ -14,7 +14,7 @@ use protolake::location::{Location, Scheme};
 use protolake::validate::{validator_for, RecordValidator};
 
 use crate::cli::{
-    load_pool, BackfillArgs, CloseBooksArgs, IngestArgs, InspectArgs, OptimizeArgs, TableArgs, VacuumArgs,
+    load_pool, BackfillArgs, CloseBooksArgs, GatewayArgs, IngestArgs, InspectArgs, OptimizeArgs, TableArgs, VacuumArgs,
 };
 
 /// Builds the decoder of a configured table and the validator of its `buf.validate` rules.
@@ -25,12 +25,125 @@ pub fn table_decoder(table: &TableConfig) -> Result<(Decoder, Option<RecordValid
 
 /// [`table_decoder`], with the message's index path in its file (Confluent framing).
 fn table_decoder_and_index(table: &TableConfig) -> Result<(Decoder, Option<RecordValidator>, Vec<i32>)> {
-    let pool = load_pool(&table.descriptor).with_context(|| format!("table {}", table.name))?;
+    let (pool, decoder, validator) = table_pool_and_decoder(table)?;
     let index_path = pool.message(&table.message).map(|m| m.index_path.clone()).unwrap_or_default();
+    Ok((decoder, validator, index_path))
+}
+
+/// [`table_decoder`], with the descriptor pool it was built from.
+fn table_pool_and_decoder(table: &TableConfig) -> Result<(protolake::decode::Pool, Decoder, Option<RecordValidator>)> {
+    let pool = load_pool(&table.descriptor).with_context(|| format!("table {}", table.name))?;
     let options = DecodeOptions { recursion_depth: table.recursion_depth };
     let decoder = Decoder::new(&pool, &table.message, &options).with_context(|| format!("table {}", table.name))?;
     let validator = validator_for(&pool, &table.message).with_context(|| format!("table {}", table.name))?;
-    Ok((decoder, validator, index_path))
+    Ok((pool, decoder, validator))
+}
+
+/// Every route of a config's `[gateway]`, with its table's checks, ready for the gateway.
+pub fn gateway_setups(config: &Config) -> Result<Vec<protolake::gateway::RouteSetup>> {
+    if config.gateway.routes.is_empty() {
+        bail!(
+            "{}: no gateway route; add one per method, e.g.\n\n  [gateway.routes.\"shop.v1.ClickTrackService/AdTrack\"]\n  table = \"ad_impressions\"\n",
+            config.source
+        );
+    }
+    let mut setups = Vec::new();
+    for route in config.gateway.routes.values() {
+        let table = config.table(&route.table)?;
+        let (pool, decoder, validator) = table_pool_and_decoder(table)?;
+        let contract = pinned_contract(table, &decoder)?;
+        if contract.is_none() {
+            tracing::warn!(table = %table.name, "no pinned contract; checking records against the descriptor alone (ad-hoc)");
+        }
+        setups.push(protolake::gateway::RouteSetup {
+            route: route.clone(),
+            table: table.clone(),
+            descriptor_set: pool.encoded().to_vec(),
+            decoder,
+            validator,
+            contract,
+        });
+    }
+    Ok(setups)
+}
+
+pub async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
+    use std::sync::Arc;
+
+    init_logging(&args.log_format, "warn,protolake=info");
+    let mut config = Config::load(&args.config)?;
+    if let Some(listen) = &args.listen {
+        config.gateway.listen = listen.clone();
+    }
+    if !config.kafka.properties.contains_key("bootstrap.servers") {
+        bail!(
+            "{}: set kafka.bootstrap_servers = \"host:9092\" (or PROTOLAKE__KAFKA__BOOTSTRAP_SERVERS): the gateway publishes there",
+            config.source
+        );
+    }
+    let setups = gateway_setups(&config)?;
+    let metrics = Arc::new(protolake::metrics::GatewayMetrics::new());
+    let gateway = protolake::gateway::Gateway::bind(setups, &config.gateway, &config.kafka, metrics.clone()).await?;
+    let address = match args.metrics_address.as_deref() {
+        Some("off") => None,
+        Some(a) => Some(a.to_string()),
+        None => config.gateway.metrics_address.clone(),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(address) = address {
+        let addr: std::net::SocketAddr =
+            address.parse().with_context(|| format!("metrics address {address:?} is not HOST:PORT"))?;
+        let m = metrics.clone();
+        let reachable = metrics.clone();
+        let mut stopped = stop_rx.clone();
+        let probe = move || {
+            let ok = reachable.broker_reachable.get() == 1;
+            (ok, if ok { "the brokers answer\n".to_string() } else { "the brokers do not answer\n".to_string() })
+        };
+        let server = protolake::metrics::serve_endpoints(addr, move || m.encode(), || (true, "ok\n".into()), probe, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(%addr, error = %e, "metrics endpoint stopped");
+            }
+        });
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    }
+    let listening = gateway.local_addr()?;
+    tracing::info!(address = %listening, methods = ?gateway.methods(), kafka = ?config.kafka.redacted(), "serving gRPC and HTTP/JSON");
+    let mut stopped = stop_rx.clone();
+    let stop = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!("stopping: finishing the calls in flight and flushing the producer (signal again to exit at once)");
+                let _ = stop_tx.send(true);
+            } else {
+                tracing::warn!("exiting at once; calls in flight get no answer (their clients retry)");
+                std::process::exit(130);
+            }
+        }
+    });
+    let report = gateway.serve(stop).await?;
+    tracing::info!(accepted = report.accepted, refused = report.refused, unflushed = report.unflushed, "stopped");
+    if report.unflushed > 0 {
+        bail!("{} records were not acknowledged by the broker before the drain timeout", report.unflushed);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The contract a descriptor implies, in Delta storage types.

@@ -249,6 +249,69 @@ impl Default for IngestConfig {
     }
 }
 
+/// Settings of `protolake gateway`, the gRPC front door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// HOST:PORT the gRPC (and HTTP/JSON) service listens on.
+    pub listen: String,
+    /// Address of `/metrics`, `/healthz`, `/readyz` (None: not served).
+    pub metrics_address: Option<String>,
+    /// The largest request message accepted, after decompression (gRPC's max message size).
+    pub max_message_bytes: usize,
+    /// How long a record may wait for the broker's acknowledgement before the call fails
+    /// `UNAVAILABLE` (librdkafka's `message.timeout.ms`).
+    pub produce_timeout: Duration,
+    /// How long, after SIGTERM, in-flight calls may take to finish before the gateway exits.
+    pub drain_timeout: Duration,
+    /// Records waiting for their acknowledgement at most (librdkafka's producer queue); a call
+    /// that finds it full is refused `RESOURCE_EXHAUSTED`.
+    pub max_in_flight: usize,
+    /// PEM certificate chain and private key: serve TLS (None: cleartext HTTP/2).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Method (`package.Service/Method`) → route.
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:50051".into(),
+            metrics_address: Some("127.0.0.1:9465".into()),
+            max_message_bytes: 4 * 1024 * 1024,
+            produce_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            max_in_flight: 100_000,
+            tls: None,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+/// One gRPC method the gateway serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteConfig {
+    /// `package.Service/Method`.
+    pub method: String,
+    /// The configured table whose topic, descriptor, contract and rules the method uses.
+    pub table: String,
+    /// Bearer tokens this route accepts (None: no authentication).
+    pub tokens: Option<Tokens>,
+}
+
+/// Bearer tokens, read from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// The environment variable they came from.
+    pub env: String,
+    pub values: Vec<String>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} from ${}, values hidden)", self.values.len(), self.env)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The file the config came from (paths in it are relative to its folder).
@@ -256,6 +319,7 @@ pub struct Config {
     pub tables: BTreeMap<String, TableConfig>,
     pub kafka: KafkaConfig,
     pub ingest: IngestConfig,
+    pub gateway: GatewayConfig,
     /// Threads that decode and encode (`workers`); None: one per available core.
     pub workers: Option<usize>,
 }
@@ -276,6 +340,8 @@ struct RawConfig {
     kafka: RawKafka,
     #[serde(default)]
     ingest: RawIngest,
+    #[serde(default)]
+    gateway: RawGateway,
     workers: Option<usize>,
     /// Object-store options for every table location (a table's own `storage` overrides keys).
     #[serde(default)]
@@ -296,6 +362,29 @@ struct RawKafka {
 struct RawIngest {
     metrics_address: Option<String>,
     commit_retry_for: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Option<String>,
+    metrics_address: Option<String>,
+    max_message_bytes: Option<ByteSize>,
+    produce_timeout: Option<HumanDuration>,
+    drain_timeout: Option<HumanDuration>,
+    max_in_flight: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    routes: BTreeMap<String, RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    table: String,
+    /// The environment variable holding the route's bearer tokens, separated by commas.
+    tokens_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -494,7 +583,8 @@ impl Config {
             }
             w => w,
         };
-        Ok(Config { source: source.into(), tables, kafka, ingest, workers })
+        let gateway = validate_gateway(raw.gateway, source, base, &tables, &env_lookup)?;
+        Ok(Config { source: source.into(), tables, kafka, ingest, gateway, workers })
     }
 
     pub fn table(&self, name: &str) -> Result<&TableConfig, ConfigError> {
@@ -609,6 +699,98 @@ fn validate_kafka(
         return Err(invalid("kafka.group_id is empty".into()));
     }
     Ok(KafkaConfig { properties, group_id })
+}
+
+fn validate_gateway(
+    raw: RawGateway,
+    source: &str,
+    base: &Path,
+    tables: &BTreeMap<String, TableConfig>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<GatewayConfig, ConfigError> {
+    let invalid = |message: String| ConfigError::Parse { path: source.into(), message };
+    let defaults = GatewayConfig::default();
+    let max_message_bytes = match raw.max_message_bytes {
+        None => defaults.max_message_bytes,
+        Some(ByteSize(0)) => return Err(invalid("gateway.max_message_bytes must be positive".into())),
+        Some(ByteSize(n)) => {
+            usize::try_from(n).map_err(|_| invalid("gateway.max_message_bytes is too large".into()))?
+        }
+    };
+    let produce_timeout = raw.produce_timeout.map_or(defaults.produce_timeout, |d| d.0);
+    if produce_timeout < Duration::from_millis(1) {
+        return Err(invalid("gateway.produce_timeout must be at least 1ms".into()));
+    }
+    let max_in_flight = raw.max_in_flight.unwrap_or(defaults.max_in_flight);
+    if max_in_flight == 0 {
+        return Err(invalid("gateway.max_in_flight must be positive".into()));
+    }
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let tls = match (raw.tls_cert, raw.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((resolve(&cert), resolve(&key))),
+        _ => return Err(invalid("gateway.tls_cert and gateway.tls_key go together: set both, or neither".into())),
+    };
+    let mut routes = BTreeMap::new();
+    for (method, route) in raw.routes {
+        let what = format!("gateway.routes.\"{method}\"");
+        let valid_method = method.split_once('/').is_some_and(|(service, name)| {
+            service.contains('.')
+                && !name.is_empty()
+                && !name.contains('/')
+                && service.split('.').all(|seg| !seg.is_empty())
+        });
+        if !valid_method {
+            return Err(invalid(format!(
+                "{what}: a route is named by its method, \"package.Service/Method\" (e.g. \"shop.v1.ClickTrackService/AdTrack\")"
+            )));
+        }
+        let Some(table) = tables.get(&route.table) else {
+            let known = if tables.is_empty() { "none".into() } else { tables.keys().cloned().collect::<Vec<_>>().join(", ") };
+            return Err(invalid(format!("{what}: table {:?} is not defined; defined tables: {known}", route.table)));
+        };
+        if table.topic.is_none() {
+            return Err(invalid(format!(
+                "{what}: table {} has no topic; the gateway publishes to the table's topic (set topic = \"...\" in [tables.{}])",
+                table.name, table.name
+            )));
+        }
+        if table.framing != Framing::Raw {
+            return Err(invalid(format!(
+                "{what}: table {} reads framing = \"confluent\"; the gateway publishes the bare message (framing = \"raw\")",
+                table.name
+            )));
+        }
+        let tokens = match route.tokens_env {
+            None => None,
+            Some(var) => {
+                let text = env(&var).ok_or_else(|| {
+                    invalid(format!("{what}: tokens_env = {var:?}, and the environment variable {var} is not set"))
+                })?;
+                let values: Vec<String> =
+                    text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect();
+                if values.is_empty() {
+                    return Err(invalid(format!("{what}: the environment variable {var} holds no token")));
+                }
+                Some(Tokens { env: var, values })
+            }
+        };
+        routes.insert(method.clone(), RouteConfig { method, table: route.table, tokens });
+    }
+    Ok(GatewayConfig {
+        listen: raw.listen.unwrap_or(defaults.listen),
+        metrics_address: match raw.metrics_address {
+            Some(a) if a.trim().is_empty() => None,
+            Some(a) => Some(a),
+            None => defaults.metrics_address,
+        },
+        max_message_bytes,
+        produce_timeout,
+        drain_timeout: raw.drain_timeout.map_or(defaults.drain_timeout, |d| d.0),
+        max_in_flight,
+        tls,
+        routes,
+    })
 }
 
 fn validate_table(

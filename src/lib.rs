@@ -7,6 +7,7 @@
 //! * [`pipeline`]: one table's records → rows and dead letters.
 //! * [`sink`]: Delta tables (data and dead letters).
 //! * [`ingest`]: the Kafka → Delta daemon; [`metrics`]: its metrics and health endpoints.
+//! * [`gateway`]: the gRPC front door that checks records as the sink does and publishes them.
 //! * [`allocator`]: the C allocator's settings for a process that streams batches.
 
 pub mod allocator;
@@ -17,6 +18,8 @@ pub mod close_books;
 pub mod config;
 pub mod contract;
 pub mod decode;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 #[cfg(feature = "kafka")]
 pub mod ingest;
 pub mod location;

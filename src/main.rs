@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             Command::Inspect(args) => commands::inspect(args).await,
             Command::Optimize(args) => commands::optimize(args).await,
             Command::Vacuum(args) => commands::vacuum(args).await,
+            Command::Gateway(args) => commands::gateway(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
         }
     });

@@ -133,6 +133,122 @@ impl Metrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabel {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub table: String,
+    pub error: String,
+}
+
+fn call_histogram() -> Histogram {
+    // 100 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// The metrics of `protolake gateway` (documented in `docs/gateway.md`).
+pub struct GatewayMetrics {
+    registry: Registry,
+    pub calls: Family<CallLabel, Counter>,
+    pub call_seconds: Family<MethodLabel, Histogram, fn() -> Histogram>,
+    pub accepted: Family<TableLabel, Counter>,
+    pub refused: Family<ReasonLabel, Counter>,
+    pub produce_errors: Family<ErrorLabel, Counter>,
+    pub broker_reachable: Gauge,
+    accepted_total: AtomicU64,
+    refused_total: AtomicU64,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("protolake_gateway");
+        let m = GatewayMetrics {
+            calls: Family::default(),
+            call_seconds: Family::new_with_constructor(call_histogram as fn() -> Histogram),
+            accepted: Family::default(),
+            refused: Family::default(),
+            produce_errors: Family::default(),
+            broker_reachable: Gauge::default(),
+            accepted_total: AtomicU64::new(0),
+            refused_total: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register("calls", "Calls answered, by method and gRPC status code", m.calls.clone());
+        registry.register(
+            "call_duration_seconds",
+            "Time from a call's arrival to its answer (the broker's acknowledgement included)",
+            m.call_seconds.clone(),
+        );
+        registry.register("records_accepted", "Records that passed the table's checks", m.accepted.clone());
+        registry.register(
+            "violations",
+            "Violations found in refused records, by table and rule (a record may break several)",
+            m.refused.clone(),
+        );
+        registry.register(
+            "produce_errors",
+            "Records the producer could not hand over or the broker did not acknowledge, by librdkafka error",
+            m.produce_errors.clone(),
+        );
+        registry.register("broker_reachable", "1 while the producer reaches the brokers (health SERVING)", m.broker_reachable.clone());
+        GatewayMetrics { registry, ..m }
+    }
+
+    pub fn observe_call(&self, method: &str, code: tonic::Code, started: std::time::Instant) {
+        let code = format!("{code:?}");
+        self.calls.get_or_create(&CallLabel { method: method.to_string(), code }).inc();
+        self.call_seconds
+            .get_or_create(&MethodLabel { method: method.to_string() })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    pub fn accepted(&self, table: &str) {
+        self.accepted.get_or_create(&TableLabel { table: table.to_string() }).inc();
+        self.accepted_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, table: &str, rule: &str) {
+        self.refused.get_or_create(&ReasonLabel { table: table.to_string(), reason: rule.to_string() }).inc();
+    }
+
+    pub fn refused_record(&self) {
+        self.refused_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn produce_error(&self, table: &str, error: String) {
+        self.produce_errors.get_or_create(&ErrorLabel { table: table.to_string(), error }).inc();
+    }
+
+    pub fn accepted_total(&self) -> u64 {
+        self.accepted_total.load(Ordering::Relaxed)
+    }
+
+    pub fn refused_total(&self) -> u64 {
+        self.refused_total.load(Ordering::Relaxed)
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
 /// Liveness and readiness of each table's consumer loop.
 #[derive(Default)]
 pub struct Health {
@@ -207,24 +323,40 @@ pub async fn serve(
     health: Arc<Health>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let live = health.clone();
+    serve_endpoints(
+        address,
+        move || metrics.encode(),
+        move || live.live(Duration::from_secs(600)),
+        move || health.ready(),
+        stop,
+    )
+    .await
+}
+
+/// The endpoints of any long-running command: `/metrics` (`encode`), `/healthz` (`live`) and
+/// `/readyz` (`ready`), each probe answering (ok, report).
+pub async fn serve_endpoints(
+    address: SocketAddr,
+    encode: impl Fn() -> String + Clone + Send + Sync + 'static,
+    live: impl Fn() -> (bool, String) + Clone + Send + Sync + 'static,
+    ready: impl Fn() -> (bool, String) + Clone + Send + Sync + 'static,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(address).await?;
     let status =
         |(ok, report): (bool, String)| (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, report);
-    let live = health.clone();
-    let app =
-        axum::Router::new()
-            .route(
-                "/metrics",
-                get(move || {
-                    let body = metrics.encode();
-                    async move {
-                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-                    }
-                }),
-            )
-            .route("/healthz", get(move || std::future::ready(status(live.live(Duration::from_secs(600))))))
-            .route("/readyz", get(move || std::future::ready(status(health.ready()))));
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = encode();
+                async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body) }
+            }),
+        )
+        .route("/healthz", get(move || std::future::ready(status(live()))))
+        .route("/readyz", get(move || std::future::ready(status(ready()))));
     axum::serve(listener, app).with_graceful_shutdown(stop).await
 }

@@ -20,7 +20,7 @@ use crate::config::{EventTime, TimeUnit as EventUnit};
 use crate::contract::{delta_schema, to_delta_batch, Contract};
 use crate::decode::{ColumnPath, Decoder, LastValue, RecordError};
 use crate::source::{Coordinates, Headers};
-use crate::validate::RecordValidator;
+use crate::validate::{RecordValidator, Violation};
 
 /// Metadata column names; payload fields may not use them.
 pub const SOURCE_TOPIC: &str = "_source_topic";
@@ -247,6 +247,43 @@ impl TablePipeline {
         }
     }
 
+    /// Every reason `bytes` would not become a row of this table, with the checks of
+    /// [`push`](Self::push) (size, `buf.validate` rules, decoding, the contract's NOT NULLs, the
+    /// event time); empty when it would become one. Nothing is kept: what the gateway asks before
+    /// it publishes a record, so that what it accepts the sink accepts too. Where `push` stops at
+    /// the first broken rule, this lists them all (a record that does not decode has one reason:
+    /// where its bytes go wrong).
+    pub fn check(&mut self, bytes: &[u8]) -> Vec<Violation> {
+        if bytes.len() > self.max_record_bytes {
+            let message = too_large_message(bytes.len() as u64, self.max_record_bytes, "");
+            return vec![Violation { field_path: String::new(), rule: TOO_LARGE.into(), message, encoded: Vec::new() }];
+        }
+        let mut violations = match &self.validator {
+            Some(validator) => validator.check(bytes),
+            None => Vec::new(),
+        };
+        match self.decoder.decode(bytes) {
+            Ok(()) => {
+                for rule in &self.not_null {
+                    if self.decoder.last_value(&rule.column) == Some(LastValue::Null) {
+                        violations.push(refusal_violation(not_null_refusal(rule)));
+                    }
+                }
+                if let Some(refusal) = self.event_time_refusal() {
+                    violations.push(refusal_violation(refusal));
+                }
+                self.decoder.drop_last();
+            }
+            Err(e) => violations.push(Violation {
+                field_path: e.field_path(),
+                rule: e.reason.to_string(),
+                message: format!("{} (byte {})", e.message, e.byte_offset),
+                encoded: Vec::new(),
+            }),
+        }
+        violations
+    }
+
     /// The first record rule the row just decoded breaks: a NOT NULL of the contract, or an
     /// event time that gives no date.
     #[inline(always)]
@@ -257,6 +294,12 @@ impl TablePipeline {
                 return Some(not_null_refusal(rule));
             }
         }
+        self.event_time_refusal()
+    }
+
+    /// The event time of the row just decoded, when it gives no date.
+    #[inline(always)]
+    fn event_time_refusal(&self) -> Option<Refusal> {
         let et = self.event_time.as_ref()?;
         match self.decoder.last_value(&et.column) {
             Some(LastValue::Int(v)) => match et.unit {
@@ -317,14 +360,25 @@ pub fn oversized_letter(
     let kept = if head.is_some() { " (first KiB kept)" } else { "" };
     DeadLetter {
         raw: head.map(|b| b[..b.len().min(1024)].to_vec()).unwrap_or_default(),
-        reason: "too_large".into(),
-        message: format!(
-            "record of {len} bytes is over max_record_bytes ({max_record_bytes}); raise it in the table config if such records are legitimate{kept}"
-        ),
+        reason: TOO_LARGE.into(),
+        message: too_large_message(len, max_record_bytes, kept),
         field_path: String::new(),
         coordinates,
         headers: Vec::new(),
     }
+}
+
+/// The reason of a record over `max_record_bytes`.
+pub const TOO_LARGE: &str = "too_large";
+
+fn too_large_message(len: u64, max_record_bytes: usize, kept: &str) -> String {
+    format!(
+        "record of {len} bytes is over max_record_bytes ({max_record_bytes}); raise it in the table config if such records are legitimate{kept}"
+    )
+}
+
+fn refusal_violation((rule, field_path, message): Refusal) -> Violation {
+    Violation { field_path, rule: rule.into(), message, encoded: Vec::new() }
 }
 
 #[cold]

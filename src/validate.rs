@@ -14,6 +14,9 @@ pub struct Violation {
     pub field_path: String,
     pub rule: String,
     pub message: String,
+    /// The `buf.validate.Violation` protovalidate reported, encoded (field path elements with
+    /// their numbers and types, the rule's path); empty for protolake's own checks.
+    pub encoded: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +114,7 @@ mod with_rules {
                         field_path: v.field_path(),
                         rule: v.rule_id().to_string(),
                         message: v.message().to_string(),
+                        encoded: prost::Message::encode_to_vec(&v.to_proto()),
                     })
                     .collect(),
                 Err(other) => {
@@ -118,6 +122,7 @@ mod with_rules {
                         field_path: String::new(),
                         rule: "evaluation_error".into(),
                         message: other.to_string(),
+                        encoded: Vec::new(),
                     }]
                 }
             }

@@ -18,7 +18,7 @@ mod error;
 mod json;
 mod message;
 mod plan;
-mod wire;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 
