@@ -56,6 +56,12 @@ fi
 # (Sail, a Spark Connect server, driven by the PySpark client), in a venv in the cache.
 "$VENV/bin/python" -c "import deltalake, polars, pyarrow, pysail, pyspark" 2>/dev/null ||
   "$VENV/bin/pip" install -q "deltalake==1.6.6" "polars==2.1.0" "pyarrow>=18" "pysail==0.7.2" "pyspark-client==4.1.1"
+# gRPC clients for the gateway tests: grpcio stubs generated from the test proto, the error
+# details (grpcio-status), reflection and health clients, and `buf curl` (buf-bin).
+"$VENV/bin/python" -c "import grpc, grpc_tools, grpc_status, grpc_reflection, grpc_health" 2>/dev/null &&
+  [ -x "$VENV/bin/buf" ] ||
+  "$VENV/bin/pip" install -q "grpcio==1.85.3" "grpcio-tools==1.85.1" "grpcio-status==1.85.3" \
+    "grpcio-reflection==1.85.1" "grpcio-health-checking==1.85.1" "buf-bin==1.75.0"
 export PROTOLAKE_PYTHON="$VENV/bin/python"
 
 # Object stores for the storage tests: an S3-compatible server (moto, which answers
@@ -105,6 +111,8 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 export PROTOLAKE_KAFKA_BROKERS="127.0.0.1:$port"
+# The gateway test that stops a broker starts one of its own.
+export PROTOLAKE_TANSU="$TANSU"
 echo "== Kafka broker: tansu on $PROTOLAKE_KAFKA_BROKERS"
 
 for p in "$s3_port" "$az_port"; do

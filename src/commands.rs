@@ -62,6 +62,13 @@ pub fn gateway_setups(config: &Config) -> Result<Vec<protolake::gateway::RouteSe
             decoder,
             validator,
             contract,
+            tokens: match &route.tokens_env {
+                None => None,
+                Some(var) => Some(
+                    protolake::config::Tokens::from_env(var)
+                        .map_err(|e| anyhow::anyhow!("gateway route {}: {e}", route.method))?,
+                ),
+            },
         });
     }
     Ok(setups)

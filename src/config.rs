@@ -294,8 +294,9 @@ pub struct RouteConfig {
     pub method: String,
     /// The configured table whose topic, descriptor, contract and rules the method uses.
     pub table: String,
-    /// Bearer tokens this route accepts (None: no authentication).
-    pub tokens: Option<Tokens>,
+    /// The environment variable holding the bearer tokens this route accepts, separated by
+    /// commas (None: no authentication). Read by the gateway when it starts, never printed.
+    pub tokens_env: Option<String>,
 }
 
 /// Bearer tokens, read from the environment; never printed.
@@ -304,6 +305,19 @@ pub struct Tokens {
     /// The environment variable they came from.
     pub env: String,
     pub values: Vec<String>,
+}
+
+impl Tokens {
+    /// The tokens in the environment variable `var` (separated by commas).
+    pub fn from_env(var: &str) -> Result<Tokens, String> {
+        let text = std::env::var(var).map_err(|_| format!("the environment variable {var} (tokens_env) is not set"))?;
+        let values: Vec<String> =
+            text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect();
+        if values.is_empty() {
+            return Err(format!("the environment variable {var} (tokens_env) holds no token"));
+        }
+        Ok(Tokens { env: var.to_string(), values })
+    }
 }
 
 impl std::fmt::Debug for Tokens {
@@ -583,7 +597,7 @@ impl Config {
             }
             w => w,
         };
-        let gateway = validate_gateway(raw.gateway, source, base, &tables, &env_lookup)?;
+        let gateway = validate_gateway(raw.gateway, source, base, &tables)?;
         Ok(Config { source: source.into(), tables, kafka, ingest, gateway, workers })
     }
 
@@ -706,7 +720,6 @@ fn validate_gateway(
     source: &str,
     base: &Path,
     tables: &BTreeMap<String, TableConfig>,
-    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<GatewayConfig, ConfigError> {
     let invalid = |message: String| ConfigError::Parse { path: source.into(), message };
     let defaults = GatewayConfig::default();
@@ -761,21 +774,10 @@ fn validate_gateway(
                 table.name
             )));
         }
-        let tokens = match route.tokens_env {
-            None => None,
-            Some(var) => {
-                let text = env(&var).ok_or_else(|| {
-                    invalid(format!("{what}: tokens_env = {var:?}, and the environment variable {var} is not set"))
-                })?;
-                let values: Vec<String> =
-                    text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect();
-                if values.is_empty() {
-                    return Err(invalid(format!("{what}: the environment variable {var} holds no token")));
-                }
-                Some(Tokens { env: var, values })
-            }
-        };
-        routes.insert(method.clone(), RouteConfig { method, table: route.table, tokens });
+        if route.tokens_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(invalid(format!("{what}: tokens_env is empty; name the environment variable holding the tokens")));
+        }
+        routes.insert(method.clone(), RouteConfig { method, table: route.table, tokens_env: route.tokens_env });
     }
     Ok(GatewayConfig {
         listen: raw.listen.unwrap_or(defaults.listen),

@@ -113,7 +113,7 @@ mod with_rules {
                     .map(|v| Violation {
                         field_path: v.field_path(),
                         rule: v.rule_id().to_string(),
-                        message: v.message().to_string(),
+                        message: sentence(v.message(), v.rule_id()),
                         encoded: prost::Message::encode_to_vec(&v.to_proto()),
                     })
                     .collect(),
@@ -126,6 +126,18 @@ mod with_rules {
                     }]
                 }
             }
+        }
+    }
+
+    /// protovalidate's message, or one made from the rule id where it gives none (its
+    /// `*_empty` rules, e.g. `string.uuid_empty`, come without a message).
+    fn sentence(message: &str, rule: &str) -> String {
+        if !message.is_empty() {
+            return message.to_string();
+        }
+        match rule.strip_suffix("_empty") {
+            Some(base) => format!("is empty, and the rule {base} needs a value"),
+            None => format!("breaks the rule {rule}"),
         }
     }
 

@@ -1,6 +1,7 @@
 //! HTTP/JSON on the gRPC paths, for clients without gRPC: the Connect protocol's unary form.
 //! `POST /package.Service/Method` with `Content-Type: application/json` and the request message
-//! in the protobuf JSON mapping; the answer is the response message as JSON, or a Connect error
+//! in the protobuf JSON mapping (or `application/proto` and its wire bytes, Connect's binary
+//! form); the answer is the response message in the same form, or a Connect error
 //! (`{"code": "invalid_argument", "message": …, "details": [...]}`) whose details carry the same
 //! `google.rpc.BadRequest` (and the others) as the gRPC status, each with a readable `debug` form.
 //! The JSON is turned into the message's wire bytes and then checked exactly as a gRPC request.
@@ -25,14 +26,17 @@ pub(super) async fn serve(method: Arc<Method>, shared: Arc<Shared>, request: htt
     let code = result.as_ref().err().map_or(Code::Ok, |(s, _)| s.code());
     shared.metrics.observe_call(&method.name, code, started);
     match result {
-        Ok(body) => ([(http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok((body, content_type)) => ([(http::header::CONTENT_TYPE, content_type)], body).into_response(),
         Err((status, debug)) => error_response(&status, debug),
     }
 }
 
 type Failure = (Status, Option<serde_json::Value>);
 
-async fn answer(method: &Method, shared: &Shared, request: http::Request<axum::body::Body>) -> Result<Vec<u8>, Failure> {
+/// The reply's body and its content type.
+type Answer = (Vec<u8>, &'static str);
+
+async fn answer(method: &Method, shared: &Shared, request: http::Request<axum::body::Body>) -> Result<Answer, Failure> {
     let plain = |s: Status| (s, None);
     if request.method() != http::Method::POST {
         return Err(plain(Status::unimplemented(format!(
@@ -42,12 +46,16 @@ async fn answer(method: &Method, shared: &Shared, request: http::Request<axum::b
     }
     let content_type = request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim();
-    if essence != "application/json" {
-        return Err(plain(Status::unimplemented(format!(
-            "Content-Type {content_type:?}: {} takes application/json or gRPC (application/grpc)",
-            method.name
-        ))));
-    }
+    let binary = match essence {
+        "application/json" => false,
+        "application/proto" => true,
+        _ => {
+            return Err(plain(Status::unimplemented(format!(
+                "Content-Type {content_type:?}: {} takes application/json, application/proto (Connect) or gRPC (application/grpc)",
+                method.name
+            ))))
+        }
+    };
     if method.client_streaming {
         return Err(plain(Status::unimplemented(format!(
             "{} is a client stream, served over gRPC only; send one event at a time to a unary method over JSON",
@@ -64,16 +72,20 @@ async fn answer(method: &Method, shared: &Shared, request: http::Request<axum::b
     // Authentication before the body is looked at: an unauthenticated caller learns nothing of
     // the contract.
     super::authorize(method, shared, &metadata).map_err(plain)?;
-    let message = from_json(method, &body).map_err(plain)?;
+    let message = if binary { body } else { from_json(method, &body).map_err(plain)? };
     let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
     let deadline = super::deadline_of(request.metadata());
     let response = super::with_deadline(deadline, super::unary(method, shared, request)).await.map_err(|status| {
         let debug = violations_debug(&status);
         (status, debug)
     })?;
+    if binary {
+        return Ok((response.into_inner().to_vec(), "application/proto"));
+    }
     let reply = DynamicMessage::decode(method.reply.descriptor().clone(), response.into_inner())
         .map_err(|e| plain(Status::internal(format!("the reply does not encode: {e}"))))?;
-    serde_json::to_vec(&reply).map_err(|e| plain(Status::internal(format!("the reply is not JSON: {e}"))))
+    let json = serde_json::to_vec(&reply).map_err(|e| plain(Status::internal(format!("the reply is not JSON: {e}"))))?;
+    Ok((json, "application/json"))
 }
 
 /// The request's JSON as the message's wire bytes.

@@ -35,7 +35,7 @@ use tonic::server::{ClientStreamingService, Grpc, UnaryService};
 use tonic::{Code, Status, Streaming};
 use tonic_health::ServingStatus;
 
-use crate::config::{GatewayConfig, KafkaConfig, RouteConfig, TableConfig};
+use crate::config::{GatewayConfig, KafkaConfig, RouteConfig, TableConfig, Tokens};
 use crate::contract::Contract;
 use crate::decode::Decoder;
 use crate::metrics::GatewayMetrics;
@@ -57,6 +57,8 @@ pub struct RouteSetup {
     pub validator: Option<RecordValidator>,
     /// The pinned contract and its version (None: ad-hoc).
     pub contract: Option<(u32, Contract)>,
+    /// The bearer tokens of `route.tokens_env` (None: the route is open).
+    pub tokens: Option<Tokens>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,10 @@ pub enum GatewayError {
     #[error("the gRPC server stopped: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
+
+/// HTTP/2 flow-control windows (see `serve`).
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 64 * STREAM_WINDOW;
 
 /// One served method.
 struct Method {
@@ -145,7 +151,7 @@ impl Gateway {
             if !descriptor_sets.contains(&setup.descriptor_set) {
                 descriptor_sets.push(setup.descriptor_set.clone());
             }
-            if let Some(t) = &setup.route.tokens {
+            if let Some(t) = &setup.tokens {
                 all_tokens.extend(t.values.iter().cloned());
             }
             methods.push(Arc::new(method(setup)?));
@@ -267,7 +273,16 @@ impl Gateway {
             })
         };
 
-        let mut builder = tonic::transport::Server::builder().accept_http1(true);
+        // h2 closes a connection (ENHANCE_YOUR_CALM, "too_many_data_frames") whose buffered
+        // small DATA frames cost more framing than half the connection window: a client
+        // streaming ~100-byte events faster than a call checks them fills its stream window with
+        // such frames. A stream window a sixty-fourth of the connection window keeps that
+        // overhead under the budget for a dozen lagging streams of one connection (at ~85 bytes
+        // an event a full stream window costs about twice its size in framing).
+        let mut builder = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         if let Some((cert, key)) = &self.tls {
             let identity = tonic::transport::Identity::from_pem(cert, key);
             builder = builder
@@ -372,7 +387,7 @@ fn method(setup: RouteSetup) -> Result<Method, GatewayError> {
         topic: setup.table.topic.clone().expect("config checked the route's table has a topic"),
         message: input.full_name().to_string(),
         client_streaming,
-        tokens: setup.route.tokens.as_ref().map(|t| t.values.clone()),
+        tokens: setup.tokens.as_ref().map(|t| t.values.clone()),
         contract_version: setup.contract.as_ref().map(|(v, _)| *v),
         checkers: Arc::new(Checkers::new(first, make)),
         key,

@@ -1,0 +1,342 @@
+//! `protolake gateway` end to end, through the real binary, with real clients (Python grpcio
+//! stubs generated from tests/protos/gateway.proto, grpcio-status, grpcio-reflection,
+//! grpcio-health-checking, `buf curl`, plain HTTP/JSON: tests/gateway/client.py) against the
+//! tansu broker scripts/test.sh starts (PROTOLAKE_KAFKA_BROKERS). The topic must then hold
+//! exactly the accepted events, each once, with its key and headers, and the daemon must ingest
+//! exactly those into the table.
+//!
+//! Needs PROTOLAKE_KAFKA_BROKERS and PROTOLAKE_PYTHON (with the gRPC packages); without them
+//! the tests say so and pass, as the ingest tests fall back to a mock, which the gateway (an
+//! idempotent producer) cannot use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+mod common;
+
+use protolake::location::Location;
+
+fn environment() -> Option<(String, PathBuf)> {
+    let brokers = std::env::var("PROTOLAKE_KAFKA_BROKERS").ok().filter(|s| !s.is_empty());
+    let python = std::env::var_os("PROTOLAKE_PYTHON").map(PathBuf::from);
+    match (brokers, python) {
+        (Some(b), Some(p)) => Some((b, p)),
+        _ => {
+            eprintln!("PROTOLAKE_KAFKA_BROKERS or PROTOLAKE_PYTHON is not set (scripts/test.sh sets both): skipped");
+            None
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn create_topic(servers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", servers).create().expect("admin client");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("create topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// A folder with a config routing ClickService's methods to one table, its contract pinned.
+struct Site {
+    dir: tempfile::TempDir,
+    topic: String,
+    servers: String,
+    address: String,
+    metrics: String,
+}
+
+impl Site {
+    fn new(servers: &str, extra_gateway: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = unique("clicks");
+        create_topic(servers, &topic, 2);
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let address = format!("127.0.0.1:{}", free_port());
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            r#"
+[kafka]
+bootstrap_servers = "{servers}"
+group_id = "{group}"
+
+[ingest]
+metrics_address = ""
+
+[tables.clicks]
+proto = ["{protos}/gateway.proto"]
+include = ["{protos}", "{proto}"]
+message = "protolake.tests.gateway.v1.Click"
+location = "lake/clicks"
+event_time = {{ field = "event_time" }}
+key = ["click_id"]
+topic = "{topic}"
+
+[gateway]
+listen = "{address}"
+metrics_address = "{metrics}"
+{extra_gateway}
+
+[gateway.routes."protolake.tests.gateway.v1.ClickService/Track"]
+table = "clicks"
+
+[gateway.routes."protolake.tests.gateway.v1.ClickService/TrackStream"]
+table = "clicks"
+tokens_env = "STREAM_TOKENS"
+
+[gateway.routes."protolake.tests.gateway.v1.ClickService/TrackSecure"]
+table = "clicks"
+tokens_env = "SECURE_TOKENS"
+"#,
+            group = unique("group"),
+            protos = root.join("tests/protos").display(),
+            proto = root.join("proto").display(),
+        );
+        std::fs::write(dir.path().join("protolake.toml"), config).unwrap();
+        let site = Site { dir, topic, servers: servers.to_string(), address, metrics };
+        let out = site.protolake(&["schema", "init", "--table", "clicks"]);
+        assert!(out.status.success(), "schema init: {}", String::from_utf8_lossy(&out.stderr));
+        site
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn protolake(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_protolake")).args(args).current_dir(self.path()).output().unwrap()
+    }
+
+    fn start_gateway(&self, log: &str) -> Child {
+        let log = std::fs::File::create(self.path().join(log)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_protolake"))
+            .args(["gateway", "--config", "protolake.toml"])
+            .current_dir(self.path())
+            .env("RUST_LOG", "warn,protolake=info")
+            .env("STREAM_TOKENS", "stream-secret")
+            .env("SECURE_TOKENS", "other, secure-secret")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("gateway starts")
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).unwrap_or_default()
+    }
+
+    fn client(&self, python: &Path, args: &[&str]) -> serde_json::Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway/client.py");
+        let out = Command::new(python).arg(script).args(args).output().expect("python runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "client.py {args:?} failed:\n{stdout}\n{}\n--- gateway log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log("gateway.log")
+        );
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn wait_until_listening(address: &str, child: &mut Child, log: impl Fn() -> String) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(address).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the gateway exited ({status}):\n{}", log());
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the gateway did not listen:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the process did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_at_most(child, Duration::from_secs(120))
+}
+
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint listening");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// One record of the topic.
+struct Published {
+    key: Vec<u8>,
+    headers: BTreeMap<String, String>,
+    click_id: String,
+}
+
+/// Every record of `topic` (all partitions) from the start, until `n` or a quiet minute.
+fn consume(servers: &str, topic: &str, n: usize) -> Vec<Published> {
+    use prost_reflect::{DescriptorPool, DynamicMessage};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set = protox::compile(["gateway.proto"], [root.join("tests/protos"), root.join("proto")]).unwrap();
+    let pool = DescriptorPool::from_file_descriptor_set(set).unwrap();
+    let descriptor = pool.get_message_by_name("protolake.tests.gateway.v1.Click").unwrap();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < n && last.elapsed() < Duration::from_secs(60) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            last = Instant::now();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let message = DynamicMessage::decode(descriptor.clone(), m.payload().unwrap_or_default()).unwrap();
+            let click_id = message.get_field_by_name("click_id").unwrap().as_str().unwrap().to_string();
+            out.push(Published { key: m.key().unwrap_or_default().to_vec(), headers, click_id });
+        }
+    }
+    out
+}
+
+#[test]
+fn the_gateway_publishes_exactly_what_it_accepts_and_the_sink_ingests_exactly_that() {
+    let Some((servers, python)) = environment() else { return };
+    let site = Site::new(&servers, "");
+    let mut gateway = site.start_gateway("gateway.log");
+    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
+
+    let result = site.client(&python, &["all", &site.address]);
+    let accepted = result["accepted"].as_array().expect("the client lists what it sent and was accepted");
+    assert!(accepted.len() > 9_900, "{} accepted", accepted.len());
+
+    // The metrics count the calls and the violations by rule.
+    let metrics = http_get(&site.metrics, "/metrics");
+    assert!(metrics.contains("protolake_gateway_calls_total{method=\"protolake.tests.gateway.v1.ClickService/Track\",code=\"InvalidArgument\"}"), "{metrics}");
+    assert!(metrics.contains("protolake_gateway_violations_total{table=\"clicks\",reason=\"string.len\"}"), "{metrics}");
+    assert!(http_get(&site.metrics, "/readyz").starts_with("HTTP/1.1 200"));
+
+    let status = terminate(&mut gateway);
+    assert!(status.success(), "the gateway's drain failed:\n{}", site.log("gateway.log"));
+
+    // The topic holds exactly the accepted events, each once, keyed by click_id, with the
+    // client's idempotency key (and a stream event's index) as headers.
+    let published = consume(&site.servers, &site.topic, accepted.len());
+    let mut seen = BTreeSet::new();
+    for p in &published {
+        assert!(seen.insert(p.click_id.clone()), "{} is in the topic twice", p.click_id);
+        assert_eq!(p.key, p.click_id.as_bytes(), "the record key is the table's key");
+    }
+    let expected: BTreeMap<String, &serde_json::Value> =
+        accepted.iter().map(|a| (a["id"].as_str().unwrap().to_string(), a)).collect();
+    let missing: Vec<&String> = expected.keys().filter(|id| !seen.contains(*id)).take(5).collect();
+    let extra: Vec<&String> = seen.iter().filter(|id| !expected.contains_key(*id)).take(5).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing from the topic: {missing:?}; never accepted: {extra:?}");
+    for p in &published {
+        let sent = expected[&p.click_id];
+        assert_eq!(p.headers.get("idempotency-key").map(String::as_str), sent["idempotency"].as_str(), "{}", p.click_id);
+        let index = sent["index"].as_u64().map(|i| i.to_string());
+        assert_eq!(p.headers.get("protolake-stream-index"), index.as_ref(), "{}", p.click_id);
+    }
+
+    // What the gateway accepted, the sink accepts: every event is a row, none a dead letter.
+    let out = site.protolake(&["ingest", "--config", "protolake.toml", "--exit-when-idle", "3s", "--metrics-address", "off"]);
+    assert!(out.status.success(), "ingest: {}", String::from_utf8_lossy(&out.stderr));
+    let table = Location::new(site.path().join("lake/clicks").display().to_string());
+    let rows: BTreeSet<String> =
+        common::read_columns(&table, &["click_id"]).into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(rows.len(), expected.len());
+    assert!(rows.iter().all(|id| expected.contains_key(id)));
+    let dlq = Location::new(site.path().join("lake/clicks_dlq").display().to_string());
+    let dead = if Path::new(dlq.uri()).join("_delta_log").exists() { common::read_columns(&dlq, &["reason"]) } else { Vec::new() };
+    assert!(dead.is_empty(), "the sink refused what the gateway accepted: {dead:?}");
+}
+
+#[test]
+fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
+    let Some((_, python)) = environment() else { return };
+    let Some(tansu) = std::env::var_os("PROTOLAKE_TANSU") else {
+        eprintln!("PROTOLAKE_TANSU is not set (scripts/test.sh sets it): skipped");
+        return;
+    };
+    // A broker of this test's own, so stopping it stops nobody else's.
+    let port = free_port();
+    let servers = format!("127.0.0.1:{port}");
+    let start_broker = || {
+        Command::new(&tansu)
+            .args(["broker", "--listener-url", &format!("tcp://{servers}"), "--advertised-listener-url"])
+            .arg(format!("tcp://{servers}"))
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts")
+    };
+    let mut broker = start_broker();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&servers).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let site = Site::new(&servers, "produce_timeout = \"3s\"");
+    let mut gateway = site.start_gateway("gateway.log");
+    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
+    site.client(&python, &["health", &site.address, "--expect", "SERVING"]);
+    site.client(&python, &["unary", &site.address, "--expect", "ok"]);
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    // Never a success for a record the broker did not take.
+    site.client(&python, &["unary", &site.address, "--expect", "unavailable"]);
+    site.client(&python, &["health", &site.address, "--expect", "NOT_SERVING", "--within", "30"]);
+    assert!(http_get(&site.metrics, "/readyz").starts_with("HTTP/1.1 503"));
+
+    let status = terminate(&mut gateway);
+    let _ = status;
+}
