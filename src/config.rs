@@ -1148,6 +1148,48 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_section_and_its_routes() {
+        let text = format!(
+            "{GOOD}\ntopic = \"events\"\n[gateway]\nlisten = \"0.0.0.0:9000\"\nmax_message_bytes = \"1MiB\"\n\
+             produce_timeout = \"2s\"\nmetrics_address = \"\"\n\
+             [gateway.routes.\"acme.v1.Track/Send\"]\ntable = \"events\"\ntokens_env = \"TRACK_TOKENS\"\n"
+        );
+        let c = load(&text).unwrap();
+        assert_eq!(c.gateway.listen, "0.0.0.0:9000");
+        assert_eq!(c.gateway.max_message_bytes, 1 << 20);
+        assert_eq!(c.gateway.produce_timeout, Duration::from_secs(2));
+        assert_eq!(c.gateway.metrics_address, None);
+        let route = &c.gateway.routes["acme.v1.Track/Send"];
+        assert_eq!((route.table.as_str(), route.tokens_env.as_deref()), ("events", Some("TRACK_TOKENS")));
+        // Defaults; a config without [gateway] still loads.
+        let d = load(GOOD).unwrap().gateway;
+        assert_eq!(d, GatewayConfig::default());
+        let tokens = Tokens { env: "T".into(), values: vec!["s3cret".into()] };
+        assert!(!format!("{tokens:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn rejected_gateway_combinations_say_why() {
+        let route = |method: &str, body: &str| format!("{GOOD}\ntopic = \"events\"\n[gateway.routes.\"{method}\"]\n{body}\n");
+        let cases = [
+            (route("Track/Send", "table = \"events\""), "\"package.Service/Method\""),
+            (route("acme.Track", "table = \"events\""), "\"package.Service/Method\""),
+            (route("acme.Track/Send", "table = \"nope\""), "table \"nope\" is not defined; defined tables: events"),
+            (route("acme.Track/Send", "table = \"events\"\ntokens_env = \"\""), "tokens_env is empty"),
+            (route("acme.Track/Send", "table = \"events\"\ntoken = \"x\""), "unknown field `token`"),
+            (format!("{GOOD}\n[gateway.routes.\"acme.Track/Send\"]\ntable = \"events\""), "has no topic"),
+            (format!("{GOOD}\ntopic = \"events\"\n[gateway]\ntls_cert = \"c.pem\""), "go together"),
+            (format!("{GOOD}\n[gateway]\nmax_in_flight = 0"), "max_in_flight must be positive"),
+            (format!("{GOOD}\n[gateway]\nmax_message_bytes = 0"), "max_message_bytes must be positive"),
+        ];
+        for (text, expected) in cases {
+            let e = load_err(&text);
+            assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+        assert!(Tokens::from_env("PROTOLAKE_TEST_UNSET_TOKENS").unwrap_err().contains("is not set"));
+    }
+
+    #[test]
     fn rejected_kafka_combinations_say_why() {
         let cases = [
             (format!("{GOOD}\ntopic = \"t\"\nframing = \"confluent\""), "needs schema_ids"),

@@ -340,3 +340,48 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
     let status = terminate(&mut gateway);
     let _ = status;
 }
+
+#[test]
+fn sigterm_during_a_stream_lets_it_finish_and_loses_no_acknowledged_event() {
+    let Some((servers, python)) = environment() else { return };
+    let site = Site::new(&servers, "drain_timeout = \"60s\"");
+    let mut gateway = site.start_gateway("gateway.log");
+    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
+    let marker = site.path().join("streaming");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway/client.py");
+    let client = Command::new(&python)
+        .arg(script)
+        .args(["slow-stream", &site.address, "--events", "2000", "--marker"])
+        .arg(&marker)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the stream did not start:\n{}", site.log("gateway.log"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SIGTERM mid-stream: no new calls, but this one runs to its end and is answered.
+    Command::new("kill").args(["-TERM", &gateway.id().to_string()]).status().unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the stream was not answered in full:\n{}\n--- gateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        site.log("gateway.log")
+    );
+    let status = wait_at_most(&mut gateway, Duration::from_secs(120));
+    assert!(status.success(), "the gateway's drain failed:\n{}", site.log("gateway.log"));
+    assert!(site.log("gateway.log").contains("draining"), "{}", site.log("gateway.log"));
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let acknowledged: BTreeSet<String> =
+        result["accepted"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(acknowledged.len(), 2000);
+    let published: BTreeSet<String> =
+        consume(&site.servers, &site.topic, acknowledged.len()).into_iter().map(|p| p.click_id).collect();
+    let missing: Vec<&String> = acknowledged.difference(&published).take(5).collect();
+    assert!(missing.is_empty(), "acknowledged but not in the topic: {missing:?}");
+}

@@ -8,6 +8,7 @@ with grpcio-status; reflection and health with grpcio-reflection and grpcio-heal
   client.py all ADDR         every scenario; prints {"accepted": [...]} as the last line
   client.py unary ADDR --expect ok|unavailable
   client.py health ADDR --expect SERVING|NOT_SERVING [--within SECONDS]
+  client.py slow-stream ADDR --events N --marker FILE   (FILE appears a quarter of the way in)
 """
 
 import argparse
@@ -249,6 +250,28 @@ def scenario_unary(addr, expect):
     print(json.dumps({"refused": m.click_id}))
 
 
+def scenario_slow_stream(addr, events, marker):
+    """A stream that is still sending when the gateway is told to stop: it must be answered in
+    full, every acknowledged event published."""
+    channel = grpc.insecure_channel(addr)
+    grpc.channel_ready_future(channel).result(timeout=60)
+    stub = pb_grpc.ClickServiceStub(channel)
+    sent = []
+
+    def generate():
+        for i in range(events):
+            m = click()
+            sent.append(m.click_id)
+            yield m
+            if i == events // 4:
+                open(marker, "w").close()
+            time.sleep(0.002)
+
+    reply = stub.TrackStream(generate(), metadata=[("authorization", "Bearer stream-secret")], timeout=120)
+    assert reply.accepted == events and not reply.refused, (reply.accepted, len(reply.refused))
+    print(json.dumps({"accepted": [{"id": i} for i in sent]}))
+
+
 def scenario_health(addr, expect, within):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -265,15 +288,19 @@ def scenario_health(addr, expect, within):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["all", "unary", "health"])
+    p.add_argument("scenario", choices=["all", "unary", "health", "slow-stream"])
     p.add_argument("addr")
     p.add_argument("--expect", default="ok")
     p.add_argument("--within", type=float, default=30)
+    p.add_argument("--events", type=int, default=2000)
+    p.add_argument("--marker")
     a = p.parse_args()
     if a.scenario == "all":
         accepted = []
         scenario_all(a.addr, accepted)
         print(json.dumps({"accepted": accepted}))
+    elif a.scenario == "slow-stream":
+        scenario_slow_stream(a.addr, a.events, a.marker)
     elif a.scenario == "unary":
         scenario_unary(a.addr, a.expect)
     else:
