@@ -1,0 +1,301 @@
+//! gRPC gateway benchmark: the `protolake gateway` binary (its own process, so its CPU is its
+//! own) serving `protolake.examples.v1.FlatTrackService` (the 8-field flat event under seven
+//! buf.validate rules, `proto/protolake/examples/v1/ruled.proto`), driven by a tonic load client
+//! in this process, publishing to a real broker; and, in the same run, the broker's own produce
+//! rate (a bare librdkafka producer with the gateway's settings: idempotent, `acks=all`).
+//!
+//! Run: `PROTOLAKE_KAFKA_BROKERS=127.0.0.1:19092 cargo bench --bench gateway` (options:
+//! `-- --events N` streamed (default 400,000), `--streams S` concurrent client streams (4),
+//! `--calls N` unary calls (40,000), `--concurrency C` unary calls in flight (32),
+//! `--partitions P` (4)).
+//!
+//! Printed: events (calls) per second of wall time, per CPU-second of the gateway process
+//! (user + system from /proc), p50/p99 latency of unary calls, and the broker's produce rate.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::Status;
+
+mod common;
+
+use common::{arg, flat_event};
+
+const SERVICE: &str = "protolake.examples.v1.FlatTrackService";
+
+/// Messages as their wire bytes, as the gateway itself serves them.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+struct RawEncoder;
+struct RawDecoder;
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+/// User + system CPU seconds of process `pid`.
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let events = arg("--events", 400_000);
+    let streams = arg("--streams", 4).max(1);
+    let calls = arg("--calls", 40_000);
+    let concurrency = arg("--concurrency", 32).max(1);
+    let partitions = arg("--partitions", 4) as i32;
+    let Some(servers) = std::env::var("PROTOLAKE_KAFKA_BROKERS").ok().filter(|s| !s.is_empty()) else {
+        eprintln!(
+            "set PROTOLAKE_KAFKA_BROKERS to a broker (e.g. tansu: `tansu broker --listener-url tcp://127.0.0.1:19092 \
+             --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/`)"
+        );
+        std::process::exit(2);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let topic = format!("bench-gateway-{}", std::process::id());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &servers).create().unwrap();
+    for t in [topic.clone(), format!("{topic}-bare")] {
+        for r in runtime
+            .block_on(admin.create_topics(&[NewTopic::new(&t, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()))
+            .unwrap()
+        {
+            r.unwrap();
+        }
+    }
+    println!("broker: {servers}, topic {topic} ({partitions} partitions)");
+
+    let n = events.max(calls);
+    let payloads: Vec<Bytes> = (0..n).map(|i| Bytes::from(flat_event(i, n).encode_to_vec())).collect();
+    let mean = payloads.iter().map(Bytes::len).sum::<usize>() as f64 / n as f64;
+    println!("events: flat 8-field, {mean:.0} bytes on the wire, 7 buf.validate rules + the contract's checks");
+
+    // The broker's own produce rate, with the gateway's producer settings.
+    let bare: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("queue.buffering.max.messages", "100000")
+        .create()
+        .unwrap();
+    let bare_topic = format!("{topic}-bare");
+    let started = Instant::now();
+    runtime.block_on(async {
+        let mut waiting = std::collections::VecDeque::new();
+        for (i, p) in payloads.iter().take(events).enumerate() {
+            let key = i.to_string();
+            loop {
+                match bare.send_result(FutureRecord::to(&bare_topic).payload(p.as_ref()).key(&key)) {
+                    Ok(f) => {
+                        waiting.push_back(f);
+                        break;
+                    }
+                    Err(_) => {
+                        let f: rdkafka::producer::DeliveryFuture = waiting.pop_front().expect("queue full with nothing waiting");
+                        f.await.unwrap().unwrap();
+                    }
+                }
+            }
+        }
+        for f in waiting {
+            f.await.unwrap().unwrap();
+        }
+    });
+    let bare_rate = events as f64 / started.elapsed().as_secs_f64();
+    println!("broker produce-only: {events} records in {:.2} s = {:.0} records/s", started.elapsed().as_secs_f64(), bare_rate);
+    drop(bare);
+
+    // The gateway, its own process.
+    let dir = tempfile::tempdir().unwrap();
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+    let address = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let config = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{servers}"
+
+[tables.flat]
+proto = ["{proto}/protolake/examples/v1/ruled.proto"]
+include = ["{proto}"]
+message = "protolake.examples.v1.RuledFlatEvent"
+contract_dir = ""
+location = "lake/flat"
+event_time = {{ field = "ts_ms", unit = "milliseconds" }}
+key = ["id"]
+topic = "{topic}"
+
+[gateway]
+listen = "{address}"
+metrics_address = ""
+
+[gateway.routes."{SERVICE}/Track"]
+table = "flat"
+
+[gateway.routes."{SERVICE}/TrackStream"]
+table = "flat"
+"#,
+        proto = proto.display()
+    );
+    std::fs::write(dir.path().join("protolake.toml"), config).unwrap();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_protolake"))
+        .args(["gateway", "--config", "protolake.toml"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the gateway starts");
+    let pid = gateway.id();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&address).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the gateway did not listen");
+        assert!(gateway.try_wait().unwrap().is_none(), "the gateway exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let payloads = Arc::new(payloads);
+
+    let (stream_wall, stream_cpu) = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+        // A warm-up stream, not measured.
+        let warm: Vec<Bytes> = payloads.iter().take(2_000).cloned().collect();
+        stream_call(channel.clone(), warm).await;
+        let cpu = cpu_of(pid);
+        let started = Instant::now();
+        let per = events / streams;
+        let mut tasks = Vec::new();
+        for s in 0..streams {
+            let batch: Vec<Bytes> = payloads[s * per..(s + 1) * per].to_vec();
+            tasks.push(tokio::spawn(stream_call(channel.clone(), batch)));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            accepted += t.await.unwrap();
+        }
+        assert_eq!(accepted, (per * streams) as u64, "every streamed event accepted");
+        (started.elapsed().as_secs_f64(), cpu_of(pid) - cpu)
+    });
+    let streamed = (events / streams) * streams;
+
+    let (unary_wall, unary_cpu, mut latencies) = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+        let cpu = cpu_of(pid);
+        let started = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (channel, next, payloads) = (channel.clone(), next.clone(), payloads.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                let path = http::uri::PathAndQuery::from_static("/protolake.examples.v1.FlatTrackService/Track");
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= calls {
+                        return latencies;
+                    }
+                    let t = Instant::now();
+                    grpc.ready().await.unwrap();
+                    grpc.unary(tonic::Request::new(payloads[i].clone()), path.clone(), Raw).await.expect("a valid call is accepted");
+                    latencies.push(t.elapsed());
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        (started.elapsed().as_secs_f64(), cpu_of(pid) - cpu, all)
+    });
+    latencies.sort();
+
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = gateway.wait();
+
+    let per_cpu = |n: usize, cpu: f64| if cpu > 0.0 { n as f64 / cpu } else { f64::NAN };
+    println!();
+    println!("| what | count | wall s | rate /s | gateway CPU s | per gateway CPU-s |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| streaming ({streams} streams) | {streamed} | {stream_wall:.2} | {:.0} | {stream_cpu:.2} | {:.0} |",
+        streamed as f64 / stream_wall,
+        per_cpu(streamed, stream_cpu)
+    );
+    println!(
+        "| unary ({concurrency} in flight) | {calls} | {unary_wall:.2} | {:.0} | {unary_cpu:.2} | {:.0} |",
+        calls as f64 / unary_wall,
+        per_cpu(calls, unary_cpu)
+    );
+    println!(
+        "unary latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!(
+        "streaming rate / broker produce-only rate: {:.2}",
+        (streamed as f64 / stream_wall) / bare_rate
+    );
+}
+
+/// One client stream of `events`: the count the gateway accepted (the reply's field 1).
+async fn stream_call(channel: tonic::transport::Channel, events: Vec<Bytes>) -> u64 {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/protolake.examples.v1.FlatTrackService/TrackStream");
+    let request = tonic::Request::new(futures::stream::iter(events));
+    let reply = grpc.client_streaming(request, path, Raw).await.expect("the stream is answered").into_inner();
+    // AdTrackStreamResponse { int64 accepted = 1; ... }
+    #[derive(Clone, PartialEq, Message)]
+    struct Reply {
+        #[prost(int64, tag = "1")]
+        accepted: i64,
+    }
+    Reply::decode(reply).expect("a reply").accepted as u64
+}
