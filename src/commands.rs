@@ -82,7 +82,8 @@ pub async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     if let Some(listen) = &args.listen {
         config.gateway.listen = listen.clone();
     }
-    if !config.kafka.properties.contains_key("bootstrap.servers") {
+    let publishes = config.gateway.routes.values().any(|r| config.tables.get(&r.table).is_some_and(|t| t.topic.is_some()));
+    if publishes && !config.kafka.properties.contains_key("bootstrap.servers") {
         bail!(
             "{}: set kafka.bootstrap_servers = \"host:9092\" (or PROTOLAKE__KAFKA__BOOTSTRAP_SERVERS): the gateway publishes there",
             config.source

@@ -762,13 +762,8 @@ fn validate_gateway(
             let known = if tables.is_empty() { "none".into() } else { tables.keys().cloned().collect::<Vec<_>>().join(", ") };
             return Err(invalid(format!("{what}: table {:?} is not defined; defined tables: {known}", route.table)));
         };
-        if table.topic.is_none() {
-            return Err(invalid(format!(
-                "{what}: table {} has no topic; the gateway publishes to the table's topic (set topic = \"...\" in [tables.{}])",
-                table.name, table.name
-            )));
-        }
-        if table.framing != Framing::Raw {
+        // A table without a topic is written directly (direct mode).
+        if table.topic.is_some() && table.framing != Framing::Raw {
             return Err(invalid(format!(
                 "{what}: table {} reads framing = \"confluent\"; the gateway publishes the bare message (framing = \"raw\")",
                 table.name
@@ -1177,7 +1172,10 @@ mod tests {
             (route("acme.Track/Send", "table = \"nope\""), "table \"nope\" is not defined; defined tables: events"),
             (route("acme.Track/Send", "table = \"events\"\ntokens_env = \"\""), "tokens_env is empty"),
             (route("acme.Track/Send", "table = \"events\"\ntoken = \"x\""), "unknown field `token`"),
-            (format!("{GOOD}\n[gateway.routes.\"acme.Track/Send\"]\ntable = \"events\""), "has no topic"),
+            (
+                format!("{GOOD}\ntopic = \"t\"\nframing = \"confluent\"\nschema_ids = [1]\n[gateway.routes.\"acme.Track/Send\"]\ntable = \"events\""),
+                "the gateway publishes the bare message",
+            ),
             (format!("{GOOD}\ntopic = \"events\"\n[gateway]\ntls_cert = \"c.pem\""), "go together"),
             (format!("{GOOD}\n[gateway]\nmax_in_flight = 0"), "max_in_flight must be positive"),
             (format!("{GOOD}\n[gateway]\nmax_message_bytes = 0"), "max_message_bytes must be positive"),

@@ -1,8 +1,11 @@
 //! `protolake quickstart`: a tour that needs nothing installed. It generates sample ad-impression
 //! events from the schema shipped in `proto/` (some duplicated, some broken the ways real
-//! producers break them), produces them to a Kafka topic on librdkafka's in-process mock
-//! cluster, runs the ingest daemon's own code on that topic until it has caught up, and reports
-//! what became a row in `./lake/`, what was refused and why, and how to query the tables.
+//! producers break them), sends them over real gRPC to the gateway's own code serving
+//! `ClickTrackService` in this process, which publishes the accepted ones to a Kafka topic on
+//! librdkafka's in-process mock cluster; a producer that bypasses the gateway writes the refused
+//! ones to the topic too; then it runs the ingest daemon's own code on that topic until it has
+//! caught up and closes the books, and reports what the gateway refused and why next to what the
+//! sink refused, what became a row in `./lake/`, and how to query the tables.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,7 +21,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use protolake::close_books;
 use protolake::config::{
-    DescriptorSource, EventTime, FlushPolicy, Framing, IngestConfig, KafkaConfig, ParquetOptions, TableConfig,
+    DescriptorSource, EventTime, FlushPolicy, Framing, GatewayConfig, IngestConfig, KafkaConfig, ParquetOptions,
+    RouteConfig, TableConfig,
 };
 use protolake::decode::{DecodeOptions, Decoder, Pool};
 use protolake::ingest;
@@ -34,6 +38,7 @@ const MESSAGE: &str = "protolake.examples.v1.AdImpression";
 const CONTRACT_PATH: &str = "schemas/ad_impressions/v1.ddl";
 const CONTRACT_SOURCE: &str = include_str!("../schemas/ad_impressions/v1.ddl");
 const TOPIC: &str = "ad-impressions";
+const METHOD: &str = "protolake.examples.v1.ClickTrackService/AdTrackStream";
 const PARTITIONS: i32 = 3;
 
 /// The sample event as a producer's generated code would hold it.
@@ -61,6 +66,50 @@ struct AdImpression {
     tags: Vec<String>,
     #[prost(map = "string, string", tag = "11")]
     attributes: std::collections::HashMap<String, String>,
+}
+
+/// `AdTrackStreamResponse`, the gateway's answer to a stream.
+#[derive(Clone, PartialEq, Message)]
+struct StreamAnswer {
+    #[prost(int64, tag = "1")]
+    accepted: i64,
+    #[prost(message, repeated, tag = "2")]
+    refused: Vec<RefusedEvent>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct RefusedEvent {
+    #[prost(int64, tag = "1")]
+    index: i64,
+    #[prost(message, repeated, tag = "2")]
+    violations: Vec<FieldViolation>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct FieldViolation {
+    #[prost(string, tag = "1")]
+    field: String,
+    #[prost(string, tag = "2")]
+    rule: String,
+    #[prost(string, tag = "3")]
+    description: String,
+}
+
+/// Sends every event in one client stream to the gateway at `address`: its answer.
+async fn send_through_gateway(address: std::net::SocketAddr, events: &[(String, Vec<u8>)]) -> Result<StreamAnswer> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {address}"))?;
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.context("the gateway is not ready")?;
+    let messages: Vec<bytes::Bytes> = events.iter().map(|(_, b)| bytes::Bytes::from(b.clone())).collect();
+    let path = http::uri::PathAndQuery::from_static("/protolake.examples.v1.ClickTrackService/AdTrackStream");
+    let reply = client
+        .client_streaming(tonic::Request::new(futures::stream::iter(messages)), path, protolake::gateway::RawCodec)
+        .await
+        .map_err(|s| anyhow::anyhow!("the gateway refused the stream: {} {}", s.code(), s.message()))?;
+    Ok(StreamAnswer::decode(reply.into_inner())?)
 }
 
 struct EmbeddedProto;
@@ -150,24 +199,6 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     // librdkafka's mock cluster: a Kafka broker inside this process, on a loopback port.
     let cluster = MockCluster::new(1).context("cannot start the in-process Kafka cluster")?;
     cluster.create_topic(TOPIC, PARTITIONS, 1).context("cannot create the sample topic")?;
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("linger.ms", "5")
-        .create()
-        .context("cannot create the sample producer")?;
-    for (i, (_, bytes)) in events.iter().enumerate() {
-        let mut record = BaseRecord::<(), [u8]>::to(TOPIC).payload(bytes.as_slice()).partition((i % 3) as i32);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(30)).context("the sample events were not acknowledged")?;
 
     println!("protolake quickstart: {} sample {MESSAGE} events", events.len());
     println!("  schema: proto/{PROTO_PATH}");
@@ -222,6 +253,87 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         properties: [("bootstrap.servers".to_string(), cluster.bootstrap_servers())].into(),
         group_id: "protolake-quickstart".into(),
     };
+
+    // The gateway's own code, serving ClickTrackService from the descriptor on a loopback port.
+    let route = RouteConfig { method: METHOD.into(), table: table.name.clone(), tokens_env: None };
+    let gateway_config = GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        metrics_address: None,
+        routes: [(METHOD.to_string(), route.clone())].into(),
+        ..GatewayConfig::default()
+    };
+    let route_setup = protolake::gateway::RouteSetup {
+        route,
+        table: table.clone(),
+        descriptor_set: pool.encoded().to_vec(),
+        decoder: decoder.fresh()?,
+        validator: None,
+        contract: Some(contract.clone()),
+        tokens: None,
+    };
+    let gateway = protolake::gateway::Gateway::bind(
+        vec![route_setup],
+        &gateway_config,
+        &kafka,
+        Arc::new(protolake::metrics::GatewayMetrics::new()),
+    )
+    .await?;
+    let address = gateway.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(gateway.serve(async move {
+        let _ = stopped.await;
+    }));
+    let answer = send_through_gateway(address, &events).await?;
+    let _ = stop.send(());
+    serving.await.context("the gateway stopped")??;
+    println!(
+        "\n`protolake gateway` (gRPC on {address}, in this process) took the {} events in one client stream of {METHOD}:",
+        events.len()
+    );
+    println!(
+        "  {} accepted and published to {TOPIC} (acks=all), {} refused (none of them published):",
+        answer.accepted,
+        answer.refused.len()
+    );
+    let mut by_rule: std::collections::BTreeMap<String, (usize, String)> = Default::default();
+    for r in &answer.refused {
+        for v in &r.violations {
+            let entry = by_rule.entry(v.rule.clone()).or_insert_with(|| {
+                (0, format!("e.g. event {}: {}: {}", r.index, v.field, v.description))
+            });
+            entry.0 += 1;
+        }
+    }
+    for (rule, (count, example)) in &by_rule {
+        println!("    {count:>5} × {rule:<20} {example}");
+    }
+
+    // A producer that does not go through the gateway, e.g. a legacy service writing to the
+    // topic directly, sends the refused events: the sink must refuse exactly the same ones.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("linger.ms", "5")
+        .create()
+        .context("cannot create the sample producer")?;
+    for r in &answer.refused {
+        let bytes = &events[r.index as usize].1;
+        let mut record = BaseRecord::<(), [u8]>::to(TOPIC).payload(bytes.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    producer.poll(Duration::from_millis(10));
+                    record = back;
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).context("the bypassing producer's events were not acknowledged")?;
+    println!(
+        "A producer that bypasses the gateway then wrote those {} refused events straight to the topic.",
+        answer.refused.len()
+    );
+
     let ingest_config = IngestConfig { metrics_address: None, commit_retry_for: Duration::from_secs(30) };
     let books_table = table.clone();
     let setup =
@@ -263,6 +375,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         );
     }
     let duplicates = events.iter().filter(|(l, _)| l == "duplicate").count();
+    println!("The sink refused exactly what the gateway refused: one decoder, one contract, one set of rules.");
     println!("\n{duplicates} events were sent twice: both copies are rows here.");
     // The sample's event times start at 2025-11-21T00:00:00Z, 37 s apart.
     let first = chrono::DateTime::from_timestamp(1_763_683_200, 0).expect("a valid time").date_naive();
@@ -304,7 +417,10 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     );
     println!("  python3 -c \"import polars as pl; print(pl.read_delta('{dlq_location}').select('reason','field_path','message'))\"");
     println!("or DuckDB: SELECT event_date, count(*) FROM delta_scan('{location}') GROUP BY ALL;");
-    println!("\nNext: docs/ingest.md runs this against your Kafka; `protolake backfill` loads archived files.");
+    println!(
+        "\nNext: docs/gateway.md serves ClickTrackService in front of your Kafka, docs/ingest.md ingests it;\n\
+         `protolake backfill` loads archived files."
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -39,6 +39,31 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
+/// A child process killed when the test ends, passed or not.
+struct Guard(Child);
+
+impl std::ops::Deref for Guard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -69,9 +94,19 @@ struct Site {
 
 impl Site {
     fn new(servers: &str, extra_gateway: &str) -> Site {
+        Self::with_table(servers, extra_gateway, true)
+    }
+
+    /// `topic`: the table has a topic (else the gateway writes it directly).
+    fn with_table(servers: &str, extra_gateway: &str, topic_on: bool) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let topic = unique("clicks");
-        create_topic(servers, &topic, 2);
+        let topic_line = if topic_on {
+            create_topic(servers, &topic, 2);
+            format!("topic = \"{topic}\"")
+        } else {
+            "flush = { max_latency = \"500ms\" }".to_string()
+        };
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let address = format!("127.0.0.1:{}", free_port());
         let metrics = format!("127.0.0.1:{}", free_port());
@@ -91,7 +126,7 @@ message = "protolake.tests.gateway.v1.Click"
 location = "lake/clicks"
 event_time = {{ field = "event_time" }}
 key = ["click_id"]
-topic = "{topic}"
+{topic_line}
 
 [gateway]
 listen = "{address}"
@@ -128,9 +163,9 @@ tokens_env = "SECURE_TOKENS"
         Command::new(env!("CARGO_BIN_EXE_protolake")).args(args).current_dir(self.path()).output().unwrap()
     }
 
-    fn start_gateway(&self, log: &str) -> Child {
+    fn start_gateway(&self, log: &str) -> Guard {
         let log = std::fs::File::create(self.path().join(log)).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_protolake"))
+        let child = Command::new(env!("CARGO_BIN_EXE_protolake"))
             .args(["gateway", "--config", "protolake.toml"])
             .current_dir(self.path())
             .env("RUST_LOG", "warn,protolake=info")
@@ -139,7 +174,8 @@ tokens_env = "SECURE_TOKENS"
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("gateway starts")
+            .expect("gateway starts");
+        Guard(child)
     }
 
     fn log(&self, name: &str) -> String {
@@ -309,14 +345,15 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
     let port = free_port();
     let servers = format!("127.0.0.1:{port}");
     let start_broker = || {
-        Command::new(&tansu)
+        let child = Command::new(&tansu)
             .args(["broker", "--listener-url", &format!("tcp://{servers}"), "--advertised-listener-url"])
             .arg(format!("tcp://{servers}"))
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("tansu starts")
+            .expect("tansu starts");
+        Guard(child)
     };
     let mut broker = start_broker();
     let started = Instant::now();
@@ -384,4 +421,29 @@ fn sigterm_during_a_stream_lets_it_finish_and_loses_no_acknowledged_event() {
         consume(&site.servers, &site.topic, acknowledged.len()).into_iter().map(|p| p.click_id).collect();
     let missing: Vec<&String> = acknowledged.difference(&published).take(5).collect();
     assert!(missing.is_empty(), "acknowledged but not in the topic: {missing:?}");
+}
+
+#[test]
+fn a_route_to_a_table_without_a_topic_writes_it_directly_and_answers_after_the_commit() {
+    let Some((servers, python)) = environment() else { return };
+    let site = Site::with_table(&servers, "", false);
+    let mut gateway = site.start_gateway("gateway.log");
+    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
+    let result = site.client(&python, &["direct", &site.address]);
+    // Answered means committed: the table holds every accepted event before the gateway stops.
+    let table = Location::new(site.path().join("lake/clicks").display().to_string());
+    let rows = common::read_columns(&table, &["click_id", "_source_file", "_source_index"]);
+    let status = terminate(&mut gateway);
+    assert!(status.success(), "{}", site.log("gateway.log"));
+    let accepted: BTreeSet<String> =
+        result["accepted"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(accepted.len(), 540);
+    let mut ids = BTreeSet::new();
+    let mut positions = BTreeSet::new();
+    for row in &rows {
+        assert!(ids.insert(row[0].clone().unwrap()), "{:?} twice", row[0]);
+        assert!(row[1].as_deref().unwrap().starts_with("gateway:"), "{row:?}");
+        assert!(positions.insert(row[2].clone().unwrap()), "{row:?}");
+    }
+    assert_eq!(ids, accepted, "the table holds exactly the accepted events");
 }

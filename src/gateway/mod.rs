@@ -11,6 +11,7 @@
 //! `Content-Type: application/json`), Prometheus metrics, and a drain on SIGTERM.
 
 mod check;
+mod direct;
 mod json;
 mod reply;
 
@@ -77,9 +78,22 @@ pub enum GatewayError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// Refused events a stream's answer lists at most (the first ones; `protolake-refused` counts
+/// them all): a client's default message limit is 4 MiB, and a stream refused by the thousand is
+/// a producer to fix, not to read event by event.
+const MAX_REFUSALS_LISTED: usize = 1000;
+
 /// HTTP/2 flow-control windows (see `serve`).
 const STREAM_WINDOW: u32 = 256 * 1024;
 const CONNECTION_WINDOW: u32 = 64 * STREAM_WINDOW;
+
+/// Where a method's accepted records go.
+enum Target {
+    /// The table's topic, through the producer.
+    Topic(String),
+    /// Straight into the table (direct mode: the table has no topic).
+    Direct(Arc<direct::DirectSink>),
+}
 
 /// One served method.
 struct Method {
@@ -87,7 +101,7 @@ struct Method {
     name: String,
     service: String,
     table: String,
-    topic: String,
+    target: Target,
     message: String,
     client_streaming: bool,
     tokens: Option<Vec<String>>,
@@ -108,7 +122,8 @@ impl Method {
 
 /// What every call shares.
 struct Shared {
-    producer: FutureProducer,
+    /// None when every route writes its table directly.
+    producer: Option<FutureProducer>,
     metrics: Arc<GatewayMetrics>,
     /// Every route's tokens: a token of another route is PERMISSION_DENIED, not UNAUTHENTICATED.
     all_tokens: Vec<String>,
@@ -147,6 +162,7 @@ impl Gateway {
         let mut methods = Vec::new();
         let mut descriptor_sets: Vec<Vec<u8>> = Vec::new();
         let mut all_tokens = BTreeSet::new();
+        let mut sinks: Vec<Arc<direct::DirectSink>> = Vec::new();
         for setup in setups {
             if !descriptor_sets.contains(&setup.descriptor_set) {
                 descriptor_sets.push(setup.descriptor_set.clone());
@@ -154,16 +170,48 @@ impl Gateway {
             if let Some(t) = &setup.tokens {
                 all_tokens.extend(t.values.iter().cloned());
             }
-            methods.push(Arc::new(method(setup)?));
+            let target = match &setup.table.topic {
+                Some(topic) => Target::Topic(topic.clone()),
+                None => match sinks.iter().find(|s| s.table == setup.table.name) {
+                    Some(sink) => Target::Direct(sink.clone()),
+                    None => {
+                        let err = |reason: String| GatewayError::Route { method: setup.route.method.clone(), reason };
+                        let contract = setup.contract.as_ref().map(|(_, c)| c);
+                        // The records are checked before they reach it: no second rule check.
+                        let pipeline = TablePipeline::new(
+                            setup.decoder.fresh().map_err(|e| err(e.to_string()))?,
+                            contract,
+                            setup.table.event_time.as_ref(),
+                            setup.table.max_record_bytes,
+                        )
+                        .map_err(|e| err(e.to_string()))?;
+                        let sink = direct::DirectSink::open(&setup.table, pipeline, setup.contract.as_ref())
+                            .await
+                            .map_err(|e| err(format!("table {}: {e}", setup.table.name)))?;
+                        sinks.push(sink.clone());
+                        Target::Direct(sink)
+                    }
+                },
+            };
+            methods.push(Arc::new(method(setup, target)?));
         }
-        let mut producer = producer_config(kafka);
-        producer
-            .set("client.id", "protolake-gateway")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", config.produce_timeout.as_millis().max(1).to_string())
-            .set("queue.buffering.max.messages", config.max_in_flight.to_string());
-        let producer: FutureProducer = producer.create()?;
+        let producer = if methods.iter().any(|m| matches!(m.target, Target::Topic(_))) {
+            let mut producer = producer_config(kafka);
+            // A unary call waits for its record's batch: librdkafka's default of 5 ms would be
+            // most of its answer time. Busy streams fill batches without waiting.
+            if !kafka.properties.contains_key("linger.ms") && !kafka.properties.contains_key("queue.buffering.max.ms") {
+                producer.set("linger.ms", "1");
+            }
+            producer
+                .set("client.id", "protolake-gateway")
+                .set("acks", "all")
+                .set("enable.idempotence", "true")
+                .set("message.timeout.ms", config.produce_timeout.as_millis().max(1).to_string())
+                .set("queue.buffering.max.messages", config.max_in_flight.to_string());
+            Some(producer.create::<FutureProducer>()?)
+        } else {
+            None
+        };
         let tls = match &config.tls {
             None => None,
             Some((cert, key)) => {
@@ -176,7 +224,13 @@ impl Gateway {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .map_err(|cause| GatewayError::Listen { address: config.listen.clone(), cause })?;
-        let probe_topic = methods.first().map(|m| m.topic.clone()).unwrap_or_default();
+        let probe_topic = methods
+            .iter()
+            .find_map(|m| match &m.target {
+                Target::Topic(t) => Some(t.clone()),
+                Target::Direct(_) => None,
+            })
+            .unwrap_or_default();
         Ok(Gateway {
             listener,
             shared: Arc::new(Shared {
@@ -242,14 +296,16 @@ impl Gateway {
                 loop {
                     let reachable = if stopping.load(Ordering::SeqCst) {
                         false
-                    } else {
-                        let producer = shared.producer.clone();
+                    } else if let Some(producer) = shared.producer.clone() {
                         let topic = topic.clone();
                         tokio::task::spawn_blocking(move || {
                             producer.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok()
                         })
                         .await
                         .unwrap_or(false)
+                    } else {
+                        // Direct mode only: nothing to reach but the tables, which each call reaches.
+                        true
                     };
                     if last != Some(reachable) {
                         let status = if reachable { ServingStatus::Serving } else { ServingStatus::NotServing };
@@ -314,11 +370,15 @@ impl Gateway {
         stopping.store(true, Ordering::SeqCst);
         let _ = probe.await;
         // Whatever was handed to the producer is delivered (or times out) before the exit.
-        let producer = self.shared.producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(drain_timeout)).await;
-        let unflushed = match flushed {
-            Ok(Ok(())) => 0,
-            _ => self.shared.producer.in_flight_count().max(0) as u64,
+        let unflushed = match self.shared.producer.clone() {
+            None => 0,
+            Some(producer) => {
+                let flushing = producer.clone();
+                match tokio::task::spawn_blocking(move || flushing.flush(drain_timeout)).await {
+                    Ok(Ok(())) => 0,
+                    _ => producer.in_flight_count().max(0) as u64,
+                }
+            }
         };
         served?;
         Ok(GatewayReport {
@@ -329,7 +389,7 @@ impl Gateway {
     }
 }
 
-fn method(setup: RouteSetup) -> Result<Method, GatewayError> {
+fn method(setup: RouteSetup, target: Target) -> Result<Method, GatewayError> {
     let name = setup.route.method.clone();
     let err = |reason: String| GatewayError::Route { method: name.clone(), reason };
     let pool = DescriptorPool::decode(setup.descriptor_set.as_slice()).map_err(|e| err(e.to_string()))?;
@@ -384,7 +444,7 @@ fn method(setup: RouteSetup) -> Result<Method, GatewayError> {
     Ok(Method {
         service: service_name.to_string(),
         table: setup.table.name.clone(),
-        topic: setup.table.topic.clone().expect("config checked the route's table has a topic"),
+        target,
         message: input.full_name().to_string(),
         client_streaming,
         tokens: setup.tokens.as_ref().map(|t| t.values.clone()),
@@ -399,12 +459,13 @@ fn method(setup: RouteSetup) -> Result<Method, GatewayError> {
 
 // --- the codec ---------------------------------------------------------------------------------
 
-/// Messages pass as their wire bytes: the gateway reads them with the table's own decoder.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
+/// Messages pass as their wire bytes: the gateway reads them with the table's own decoder. Also
+/// a client's codec for callers holding encoded messages (the quickstart, the bench).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
 
-struct RawEncoder;
-struct RawDecoder;
+pub struct RawEncoder;
+pub struct RawDecoder;
 
 impl tonic::codec::Codec for RawCodec {
     type Encode = Bytes;
@@ -647,15 +708,18 @@ impl Shared {
         bytes: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<DeliveryFuture, KafkaError> {
+        let (Target::Topic(topic), Some(producer)) = (&method.target, &self.producer) else {
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument));
+        };
         let key = method.key.as_ref().map(|k| k.read(bytes));
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&method.topic).payload(bytes);
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(bytes);
         if let Some(k) = &key {
             record = record.key(k.as_slice());
         }
         if let Some(h) = headers {
             record = record.headers(h);
         }
-        self.producer.send_result(record).map_err(|(e, _)| e)
+        producer.send_result(record).map_err(|(e, _)| e)
     }
 
     /// Waits for the broker's acknowledgement of one record: (partition, offset).
@@ -669,6 +733,10 @@ impl Shared {
 
     fn produce_error(&self, method: &Method, e: &KafkaError) -> Status {
         let code = e.rdkafka_error_code();
+        let topic = match &method.target {
+            Target::Topic(t) => t.as_str(),
+            Target::Direct(_) => "",
+        };
         self.metrics.produce_error(&method.table, code.map_or_else(|| "other".to_string(), |c| format!("{c:?}")));
         match code {
             Some(RDKafkaErrorCode::QueueFull) => retry_status(
@@ -678,16 +746,15 @@ impl Shared {
                 Duration::from_millis(200),
             ),
             Some(RDKafkaErrorCode::MessageSizeTooLarge) => Status::resource_exhausted(format!(
-                "the broker refuses a record this large for topic {} (its message.max.bytes): {e}",
-                method.topic
+                "the broker refuses a record this large for topic {topic} (its message.max.bytes): {e}"
             )),
             _ => retry_status(
                 Code::Unavailable,
                 format!(
-                    "the broker did not acknowledge the record within gateway.produce_timeout ({:?}) for topic {}: {e}; \
+                    "the broker did not acknowledge the record within gateway.produce_timeout ({:?}) for topic {topic}: {e}; \
                      it may or may not be in the topic: retry with the same idempotency-key (close-books keeps one \
                      row per key)",
-                    self.produce_timeout, method.topic
+                    self.produce_timeout
                 ),
                 Duration::from_secs(1),
             ),
@@ -734,6 +801,12 @@ async fn unary(method: &Method, shared: &Shared, request: tonic::Request<Bytes>)
     if !violations.is_empty() {
         return Err(method.refusal(&violations));
     }
+    if let Target::Direct(sink) = &method.target {
+        let version = sink.write(bytes).await?;
+        let mut response = tonic::Response::new(method.reply.unary(0, 0));
+        response.metadata_mut().insert("protolake-table-version", version.into());
+        return Ok(response);
+    }
     let delivery = shared
         .send(method, &bytes, headers(idempotency.as_deref(), None))
         .map_err(|e| shared.produce_error(method, &e))?;
@@ -759,10 +832,17 @@ async fn stream(
     let mut waiting: std::collections::VecDeque<(u64, DeliveryFuture)> = std::collections::VecDeque::new();
     let mut accepted = 0u64;
     let mut index = 0u64;
+    let mut refused_count = 0u64;
     let mut checker = method.checkers.take()?;
+    let mut committing = Vec::new();
     while let Some(bytes) = events.message().await? {
         let violations = check_one(method, shared, &mut checker, &bytes);
         if violations.is_empty() {
+            if let Target::Direct(sink) = &method.target {
+                committing.push((index, sink.submit(bytes).await?));
+                index += 1;
+                continue;
+            }
             loop {
                 match shared.send(method, &bytes, headers(idempotency.as_deref(), Some(index))) {
                     Ok(delivery) => {
@@ -781,7 +861,10 @@ async fn stream(
                 }
             }
         } else {
-            refused.push((index, violations));
+            refused_count += 1;
+            if refused.len() < MAX_REFUSALS_LISTED {
+                refused.push((index, violations));
+            }
         }
         index += 1;
         // Acknowledged records need not wait in the queue of this call.
@@ -801,10 +884,14 @@ async fn stream(
         settle_event(method, shared, i, delivery).await?;
         accepted += 1;
     }
+    for (i, commit) in committing {
+        direct::DirectSink::committed(commit).await.map_err(|s| at_event(s, i))?;
+        accepted += 1;
+    }
     let mut response = tonic::Response::new(method.reply.stream(accepted, &refused));
     let md = response.metadata_mut();
     md.insert("protolake-accepted", accepted.into());
-    md.insert("protolake-refused", (refused.len() as u64).into());
+    md.insert("protolake-refused", refused_count.into());
     Ok(response)
 }
 

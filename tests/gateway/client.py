@@ -8,6 +8,7 @@ with grpcio-status; reflection and health with grpcio-reflection and grpcio-heal
   client.py all ADDR         every scenario; prints {"accepted": [...]} as the last line
   client.py unary ADDR --expect ok|unavailable
   client.py health ADDR --expect SERVING|NOT_SERVING [--within SECONDS]
+  client.py direct ADDR        unary and stream calls to a route writing its table directly
   client.py slow-stream ADDR --events N --marker FILE   (FILE appears a quarter of the way in)
 """
 
@@ -272,6 +273,34 @@ def scenario_slow_stream(addr, events, marker):
     print(json.dumps({"accepted": [{"id": i} for i in sent]}))
 
 
+def scenario_direct(addr):
+    """Direct mode: calls answered after the commit that holds their record."""
+    channel = grpc.insecure_channel(addr)
+    grpc.channel_ready_future(channel).result(timeout=60)
+    stub = pb_grpc.ClickServiceStub(channel)
+    accepted = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        m = click()
+        reply, call = stub.Track.with_call(m, timeout=60)
+        version = int(dict(call.initial_metadata())["protolake-table-version"])
+        return m.click_id, version
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(40)))
+    assert all(v >= 1 for _, v in results), results
+    # Calls arriving together share commits.
+    assert len({v for _, v in results}) < len(results), results
+    accepted.extend({"id": i} for i, _ in results)
+    expect_refused(stub.Track, grpc.StatusCode.INVALID_ARGUMENT, click(country="usa"), timeout=30)
+    events = [click() for _ in range(500)] + [click(slot=99)]
+    reply = stub.TrackStream(iter(events), metadata=[("authorization", "Bearer stream-secret")], timeout=120)
+    assert reply.accepted == 500 and [r.index for r in reply.refused] == [500], reply
+    accepted.extend({"id": e.click_id} for e in events[:500])
+    print(json.dumps({"accepted": accepted}))
+
+
 def scenario_health(addr, expect, within):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -288,7 +317,7 @@ def scenario_health(addr, expect, within):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["all", "unary", "health", "slow-stream"])
+    p.add_argument("scenario", choices=["all", "unary", "health", "slow-stream", "direct"])
     p.add_argument("addr")
     p.add_argument("--expect", default="ok")
     p.add_argument("--within", type=float, default=30)
@@ -299,6 +328,8 @@ def main():
         accepted = []
         scenario_all(a.addr, accepted)
         print(json.dumps({"accepted": accepted}))
+    elif a.scenario == "direct":
+        scenario_direct(a.addr)
     elif a.scenario == "slow-stream":
         scenario_slow_stream(a.addr, a.events, a.marker)
     elif a.scenario == "unary":
