@@ -7,10 +7,11 @@
 //! Run: `PROTOLAKE_KAFKA_BROKERS=127.0.0.1:19092 cargo bench --bench gateway` (options:
 //! `-- --events N` streamed (default 400,000), `--streams S` concurrent client streams (4),
 //! `--calls N` unary calls (40,000), `--concurrency C` unary calls in flight (32),
-//! `--partitions P` (4)).
+//! `--partitions P` (4), `--linger-ms L` the producer's linger.ms (the gateway's default: 1)).
 //!
 //! Printed: events (calls) per second of wall time, per CPU-second of the gateway process
-//! (user + system from /proc), p50/p99 latency of unary calls, and the broker's produce rate.
+//! (user + system from /proc), p50/p99 latency of unary calls, and the broker's own figures: its
+//! produce rate, and its answer time for one record at a time, under the unary calls.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -52,6 +53,8 @@ fn main() {
     let calls = arg("--calls", 40_000);
     let concurrency = arg("--concurrency", 32).max(1);
     let partitions = arg("--partitions", 4) as i32;
+    // librdkafka's linger.ms for the gateway's producer (unset: the gateway's default of 1 ms).
+    let linger: Option<usize> = std::env::args().any(|a| a == "--linger-ms").then(|| arg("--linger-ms", 1));
     let Some(servers) = std::env::var("PROTOLAKE_KAFKA_BROKERS").ok().filter(|s| !s.is_empty()) else {
         eprintln!(
             "set PROTOLAKE_KAFKA_BROKERS to a broker (e.g. tansu: `tansu broker --listener-url tcp://127.0.0.1:19092 \
@@ -73,14 +76,14 @@ fn main() {
     println!("broker: {servers}, topic {topic} ({partitions} partitions)");
 
     let n = events.max(calls);
-    let payloads: Vec<Bytes> = (0..n)
+    let payloads: Arc<Vec<Bytes>> = Arc::new((0..n)
         .map(|i| {
             let mut event = flat_event(i, n);
             // A UUID for any count (the shared generator's first group outgrows 8 digits).
             event.id = format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (i * 7919) as u32, i % 65536, i % 4096, (i * 31) % 4096, i);
             Bytes::from(event.encode_to_vec())
         })
-        .collect();
+        .collect());
     let mean = payloads.iter().map(Bytes::len).sum::<usize>() as f64 / n as f64;
     println!("events: flat 8-field, {mean:.0} bytes on the wire, 7 buf.validate rules + the contract's checks");
 
@@ -118,6 +121,42 @@ fn main() {
     let bare_rate = events as f64 / started.elapsed().as_secs_f64();
     println!("broker produce-only: {events} records in {:.2} s = {:.0} records/s", started.elapsed().as_secs_f64(), bare_rate);
     drop(bare);
+    // The broker's own answer time for one record at a time, as unary calls see it underneath.
+    let bare: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", linger.unwrap_or(1).to_string())
+        .create()
+        .unwrap();
+    let mut bare_latencies = runtime.block_on(async {
+        let bare = Arc::new(bare);
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (bare, next, payloads, topic) = (bare.clone(), next.clone(), payloads.clone(), bare_topic.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= calls {
+                        return latencies;
+                    }
+                    let t = Instant::now();
+                    let key = i.to_string();
+                    let record = FutureRecord::to(&topic).payload(payloads[i].as_ref()).key(&key);
+                    bare.send_result(record).map_err(|_| "queue full").unwrap().await.unwrap().unwrap();
+                    latencies.push(t.elapsed());
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    bare_latencies.sort();
 
     // The gateway, its own process.
     let dir = tempfile::tempdir().unwrap();
@@ -130,6 +169,7 @@ fn main() {
         r#"
 [kafka]
 bootstrap_servers = "{servers}"
+{kafka_properties}
 
 [tables.flat]
 proto = ["{proto}/protolake/examples/v1/ruled.proto"]
@@ -151,7 +191,8 @@ table = "flat"
 [gateway.routes."{SERVICE}/TrackStream"]
 table = "flat"
 "#,
-        proto = proto.display()
+        proto = proto.display(),
+        kafka_properties = linger.map_or(String::new(), |l| format!("properties = {{ \"linger.ms\" = {l} }}\n")),
     );
     std::fs::write(dir.path().join("protolake.toml"), config).unwrap();
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_protolake"))
@@ -168,7 +209,6 @@ table = "flat"
         assert!(gateway.try_wait().unwrap().is_none(), "the gateway exited");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let payloads = Arc::new(payloads);
 
     let (stream_wall, stream_cpu) = runtime.block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
@@ -246,6 +286,11 @@ table = "flat"
         percentile(&latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!(
+        "broker alone, one record at a time ({concurrency} in flight): p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&bare_latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(&bare_latencies, 0.99).as_secs_f64() * 1e3
     );
     println!(
         "streaming rate / broker produce-only rate: {:.2}",

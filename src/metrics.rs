@@ -217,8 +217,13 @@ impl GatewayMetrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    pub fn accepted(&self, table: &str) {
-        self.accepted.get_or_create(&TableLabel { table: table.to_string() }).inc();
+    /// The accepted-records counter of `table`, to hold and increment without a lookup.
+    pub fn accepted_counter(&self, table: &str) -> Counter {
+        self.accepted.get_or_create(&TableLabel { table: table.to_string() }).clone()
+    }
+
+    /// Counts a record accepted (for the gateway's final report).
+    pub fn accepted_record(&self) {
         self.accepted_total.fetch_add(1, Ordering::Relaxed);
     }
 
