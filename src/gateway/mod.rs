@@ -355,7 +355,9 @@ impl Gateway {
             tracing::info!("draining: no new calls; finishing the calls in flight");
             let _ = signalled_tx.send(());
         };
-        let incoming = tonic::transport::server::TcpIncoming::from(self.listener);
+        // A listener handed over keeps Nagle's algorithm unless told: with it, an answer waits for
+        // the client's delayed ACK (40 ms) now and then.
+        let incoming = tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let server = builder.add_routes(routes).serve_with_incoming_shutdown(incoming, shutdown);
         tokio::pin!(server);
         let drain_timeout = self.drain_timeout;
