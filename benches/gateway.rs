@@ -7,7 +7,8 @@
 //! Run: `PROTOLAKE_KAFKA_BROKERS=127.0.0.1:19092 cargo bench --bench gateway` (options:
 //! `-- --events N` streamed (default 400,000), `--streams S` concurrent client streams (4),
 //! `--calls N` unary calls (40,000), `--concurrency C` unary calls in flight (32),
-//! `--partitions P` (4), `--linger-ms L` the producer's linger.ms (the gateway's default: 1)).
+//! `--partitions P` (4), `--linger-ms L` the producer's linger.ms (the gateway's default: 1),
+//! `--rules 0` the same events as `FlatEvent`, without rules, to see what the rules cost).
 //!
 //! Printed: events (calls) per second of wall time, per CPU-second of the gateway process
 //! (user + system from /proc), p50/p99 latency of unary calls, and the broker's own figures: its
@@ -30,7 +31,6 @@ mod common;
 
 use common::{arg, flat_event};
 
-const SERVICE: &str = "protolake.examples.v1.FlatTrackService";
 
 /// User + system CPU seconds of process `pid`.
 fn cpu_of(pid: u32) -> f64 {
@@ -55,6 +55,14 @@ fn main() {
     let partitions = arg("--partitions", 4) as i32;
     // librdkafka's linger.ms for the gateway's producer (unset: the gateway's default of 1 ms).
     let linger: Option<usize> = std::env::args().any(|a| a == "--linger-ms").then(|| arg("--linger-ms", 1));
+    // With rules (RuledFlatEvent, seven buf.validate rules) or without (FlatEvent, the same bytes).
+    let rules = arg("--rules", 1) != 0;
+    let (proto_file, message, service) = if rules {
+        ("ruled.proto", "RuledFlatEvent", "FlatTrackService")
+    } else {
+        ("events.proto", "FlatEvent", "FlatEventService")
+    };
+    let service = format!("protolake.examples.v1.{service}");
     let Some(servers) = std::env::var("PROTOLAKE_KAFKA_BROKERS").ok().filter(|s| !s.is_empty()) else {
         eprintln!(
             "set PROTOLAKE_KAFKA_BROKERS to a broker (e.g. tansu: `tansu broker --listener-url tcp://127.0.0.1:19092 \
@@ -85,7 +93,10 @@ fn main() {
         })
         .collect());
     let mean = payloads.iter().map(Bytes::len).sum::<usize>() as f64 / n as f64;
-    println!("events: flat 8-field, {mean:.0} bytes on the wire, 7 buf.validate rules + the contract's checks");
+    println!(
+        "events: flat 8-field, {mean:.0} bytes on the wire, {}",
+        if rules { "7 buf.validate rules + the decoder's checks" } else { "no rules: the decoder's checks only" }
+    );
 
     // The broker's own produce rate, with the gateway's producer settings.
     let bare: FutureProducer = ClientConfig::new()
@@ -172,9 +183,9 @@ bootstrap_servers = "{servers}"
 {kafka_properties}
 
 [tables.flat]
-proto = ["{proto}/protolake/examples/v1/ruled.proto"]
+proto = ["{proto}/protolake/examples/v1/{proto_file}"]
 include = ["{proto}"]
-message = "protolake.examples.v1.RuledFlatEvent"
+message = "protolake.examples.v1.{message}"
 contract_dir = ""
 location = "lake/flat"
 event_time = {{ field = "ts_ms", unit = "milliseconds" }}
@@ -185,10 +196,10 @@ topic = "{topic}"
 listen = "{address}"
 metrics_address = ""
 
-[gateway.routes."{SERVICE}/Track"]
+[gateway.routes."{service}/Track"]
 table = "flat"
 
-[gateway.routes."{SERVICE}/TrackStream"]
+[gateway.routes."{service}/TrackStream"]
 table = "flat"
 "#,
         proto = proto.display(),
@@ -214,14 +225,14 @@ table = "flat"
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
         // A warm-up stream, not measured.
         let warm: Vec<Bytes> = payloads.iter().take(2_000).cloned().collect();
-        stream_call(channel.clone(), warm).await;
+        stream_call(channel.clone(), &service, warm).await;
         let cpu = cpu_of(pid);
         let started = Instant::now();
         let per = events / streams;
         let mut tasks = Vec::new();
         for s in 0..streams {
             let batch: Vec<Bytes> = payloads[s * per..(s + 1) * per].to_vec();
-            tasks.push(tokio::spawn(stream_call(channel.clone(), batch)));
+            tasks.push(tokio::spawn(stream_call(channel.clone(), service.clone(), batch)));
         }
         let mut accepted = 0;
         for t in tasks {
@@ -240,9 +251,9 @@ table = "flat"
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
             let (channel, next, payloads) = (channel.clone(), next.clone(), payloads.clone());
+            let path = http::uri::PathAndQuery::try_from(format!("/{service}/Track")).unwrap();
             tasks.push(tokio::spawn(async move {
                 let mut grpc = tonic::client::Grpc::new(channel);
-                let path = http::uri::PathAndQuery::from_static("/protolake.examples.v1.FlatTrackService/Track");
                 let mut latencies = Vec::new();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -299,10 +310,10 @@ table = "flat"
 }
 
 /// One client stream of `events`: the count the gateway accepted (the reply's field 1).
-async fn stream_call(channel: tonic::transport::Channel, events: Vec<Bytes>) -> u64 {
+async fn stream_call(channel: tonic::transport::Channel, service: impl AsRef<str>, events: Vec<Bytes>) -> u64 {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/protolake.examples.v1.FlatTrackService/TrackStream");
+    let path = http::uri::PathAndQuery::try_from(format!("/{}/TrackStream", service.as_ref())).unwrap();
     let request = tonic::Request::new(futures::stream::iter(events));
     let reply = grpc.client_streaming(request, path, Raw).await.expect("the stream is answered").into_inner();
     // AdTrackStreamResponse { int64 accepted = 1; ... }
