@@ -369,7 +369,9 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
 
     broker.kill().unwrap();
     broker.wait().unwrap();
-    // Never a success for a record the broker did not take.
+    // Never a success for a record the broker did not take: the client's deadline passes first
+    // (1 s), or the produce timeout (3 s) does.
+    site.client(&python, &["unary", &site.address, "--expect", "deadline"]);
     site.client(&python, &["unary", &site.address, "--expect", "unavailable"]);
     site.client(&python, &["health", &site.address, "--expect", "NOT_SERVING", "--within", "30"]);
     assert!(http_get(&site.metrics, "/readyz").starts_with("HTTP/1.1 503"));

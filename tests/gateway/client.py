@@ -6,7 +6,7 @@ with grpcio-status; reflection and health with grpcio-reflection and grpcio-heal
 `buf curl` (PyPI buf-bin) speaks gRPC and Connect through reflection; urllib posts HTTP/JSON.
 
   client.py all ADDR         every scenario; prints {"accepted": [...]} as the last line
-  client.py unary ADDR --expect ok|unavailable
+  client.py unary ADDR --expect ok|unavailable|deadline
   client.py health ADDR --expect SERVING|NOT_SERVING [--within SECONDS]
   client.py direct ADDR        unary and stream calls to a route writing its table directly
   client.py slow-stream ADDR --events N --marker FILE   (FILE appears a quarter of the way in)
@@ -165,6 +165,11 @@ def scenario_all(addr, accepted):
     e = expect_refused(raw_track, grpc.StatusCode.INVALID_ARGUMENT, b"", timeout=30)
     assert ("event_time", "missing_event_time") in details(e)[0], details(e)[0]
 
+    # Over gateway.max_message_bytes (4 MiB): RESOURCE_EXHAUSTED, as gRPC servers answer it.
+    e = expect_refused(raw_track, grpc.StatusCode.RESOURCE_EXHAUSTED, base + b"\x2a\x80\x80\x80\x03" + b"x" * (6 << 20),
+                       timeout=60)
+    assert "max_message_bytes" in e.details(), e.details()
+
     # A method the config does not route.
     expect_refused(stub.NotRouted, grpc.StatusCode.UNIMPLEMENTED, click(), timeout=30)
 
@@ -245,6 +250,11 @@ def scenario_unary(addr, expect):
     if expect == "ok":
         stub.Track(m, timeout=60, wait_for_ready=True)
         print(json.dumps({"accepted": [{"id": m.click_id}]}))
+        return
+    if expect == "deadline":
+        # The client's deadline is shorter than the produce timeout: its own code, not CANCELLED.
+        expect_refused(stub.Track, grpc.StatusCode.DEADLINE_EXCEEDED, m, timeout=1)
+        print(json.dumps({"refused": m.click_id}))
         return
     e = expect_refused(stub.Track, grpc.StatusCode.UNAVAILABLE, m, timeout=60)
     assert "acknowledge" in e.details(), e.details()
