@@ -7,7 +7,7 @@
 //! Run: `PROTOLAKE_KAFKA_BROKERS=127.0.0.1:19092 cargo bench --bench gateway` (options:
 //! `-- --events N` streamed (default 400,000), `--streams S` concurrent client streams (4),
 //! `--calls N` unary calls (40,000), `--concurrency C` unary calls in flight (32),
-//! `--partitions P` (4), `--linger-ms L` the producer's linger.ms (the gateway's default: 1),
+//! `--partitions P` (4), `--linger-ms L` the producers' linger.ms (the gateway's defaults: 1 for calls, 5 for streams),
 //! `--rules 0` the same events as `FlatEvent`, without rules, to see what the rules cost).
 //!
 //! Printed: events (calls) per second of wall time, per CPU-second of the gateway process
@@ -53,7 +53,7 @@ fn main() {
     let calls = arg("--calls", 40_000);
     let concurrency = arg("--concurrency", 32).max(1);
     let partitions = arg("--partitions", 4) as i32;
-    // librdkafka's linger.ms for the gateway's producer (unset: the gateway's default of 1 ms).
+    // librdkafka's linger.ms for both of the gateway's producers (unset: its defaults, 1 ms for calls and 5 for streams).
     let linger: Option<usize> = std::env::args().any(|a| a == "--linger-ms").then(|| arg("--linger-ms", 1));
     // With rules (RuledFlatEvent, seven buf.validate rules) or without (FlatEvent, the same bytes).
     let rules = arg("--rules", 1) != 0;

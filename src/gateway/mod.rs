@@ -122,10 +122,37 @@ impl Method {
     }
 }
 
+/// The gateway's producers: one for unary calls, one for streams (they differ in `linger.ms`).
+struct Producers {
+    calls: FutureProducer,
+    streams: FutureProducer,
+}
+
+/// An idempotent `acks=all` producer with the `[kafka]` connection properties; `linger_ms`
+/// unless the properties set it.
+fn producer(
+    kafka: &KafkaConfig,
+    config: &GatewayConfig,
+    client_id: &str,
+    linger_ms: &str,
+) -> Result<FutureProducer, KafkaError> {
+    let mut producer = producer_config(kafka);
+    if !kafka.properties.contains_key("linger.ms") && !kafka.properties.contains_key("queue.buffering.max.ms") {
+        producer.set("linger.ms", linger_ms);
+    }
+    producer
+        .set("client.id", client_id)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", config.produce_timeout.as_millis().max(1).to_string())
+        .set("queue.buffering.max.messages", config.max_in_flight.to_string());
+    producer.create()
+}
+
 /// What every call shares.
 struct Shared {
     /// None when every route writes its table directly.
-    producer: Option<FutureProducer>,
+    producer: Option<Producers>,
     metrics: Arc<GatewayMetrics>,
     /// Every route's tokens: a token of another route is PERMISSION_DENIED, not UNAUTHENTICATED.
     all_tokens: Vec<String>,
@@ -198,19 +225,13 @@ impl Gateway {
             methods.push(Arc::new(method(setup, target, &metrics)?));
         }
         let producer = if methods.iter().any(|m| matches!(m.target, Target::Topic(_))) {
-            let mut producer = producer_config(kafka);
             // A unary call waits for its record's batch: librdkafka's default of 5 ms would be
-            // most of its answer time. Busy streams fill batches without waiting.
-            if !kafka.properties.contains_key("linger.ms") && !kafka.properties.contains_key("queue.buffering.max.ms") {
-                producer.set("linger.ms", "1");
-            }
-            producer
-                .set("client.id", "protolake-gateway")
-                .set("acks", "all")
-                .set("enable.idempotence", "true")
-                .set("message.timeout.ms", config.produce_timeout.as_millis().max(1).to_string())
-                .set("queue.buffering.max.messages", config.max_in_flight.to_string());
-            Some(producer.create::<FutureProducer>()?)
+            // most of its answer time. A stream's events fill batches, and larger ones cost the
+            // producer less per record (at 1 ms it spent a quarter more CPU per streamed event).
+            Some(Producers {
+                calls: producer(kafka, config, "protolake-gateway", "1")?,
+                streams: producer(kafka, config, "protolake-gateway-streams", "5")?,
+            })
         } else {
             None
         };
@@ -298,7 +319,7 @@ impl Gateway {
                 loop {
                     let reachable = if stopping.load(Ordering::SeqCst) {
                         false
-                    } else if let Some(producer) = shared.producer.clone() {
+                    } else if let Some(producer) = shared.producer.as_ref().map(|p| p.calls.clone()) {
                         let topic = topic.clone();
                         tokio::task::spawn_blocking(move || {
                             producer.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok()
@@ -374,16 +395,15 @@ impl Gateway {
         stopping.store(true, Ordering::SeqCst);
         let _ = probe.await;
         // Whatever was handed to the producer is delivered (or times out) before the exit.
-        let unflushed = match self.shared.producer.clone() {
-            None => 0,
-            Some(producer) => {
+        let mut unflushed = 0;
+        if let Some(producers) = &self.shared.producer {
+            for producer in [producers.calls.clone(), producers.streams.clone()] {
                 let flushing = producer.clone();
-                match tokio::task::spawn_blocking(move || flushing.flush(drain_timeout)).await {
-                    Ok(Ok(())) => 0,
-                    _ => producer.in_flight_count().max(0) as u64,
+                if !matches!(tokio::task::spawn_blocking(move || flushing.flush(drain_timeout)).await, Ok(Ok(()))) {
+                    unflushed += producer.in_flight_count().max(0) as u64;
                 }
             }
-        };
+        }
         served?;
         Ok(GatewayReport {
             accepted: self.shared.metrics.accepted_total(),
@@ -706,16 +726,18 @@ fn headers(idempotency: Option<&str>, stream_index: Option<u64>) -> Option<Owned
 }
 
 impl Shared {
-    /// Hands one record to the producer.
+    /// Hands one record to the producer of calls, or of streams (`stream`).
     fn send(
         &self,
         method: &Method,
         bytes: &[u8],
         headers: Option<OwnedHeaders>,
+        stream: bool,
     ) -> Result<DeliveryFuture, KafkaError> {
-        let (Target::Topic(topic), Some(producer)) = (&method.target, &self.producer) else {
+        let (Target::Topic(topic), Some(producers)) = (&method.target, &self.producer) else {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument));
         };
+        let producer = if stream { &producers.streams } else { &producers.calls };
         let key = method.key.as_ref().map(|k| k.read(bytes));
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(bytes);
         if let Some(k) = &key {
@@ -814,7 +836,7 @@ async fn unary(method: &Method, shared: &Shared, request: tonic::Request<Bytes>)
         return Ok(response);
     }
     let delivery = shared
-        .send(method, &bytes, headers(idempotency.as_deref(), None))
+        .send(method, &bytes, headers(idempotency.as_deref(), None), false)
         .map_err(|e| shared.produce_error(method, &e))?;
     let (partition, offset) = shared.settle(method, delivery).await?;
     let mut response = tonic::Response::new(method.reply.unary(partition, offset));
@@ -850,7 +872,7 @@ async fn stream(
                 continue;
             }
             loop {
-                match shared.send(method, &bytes, headers(idempotency.as_deref(), Some(index))) {
+                match shared.send(method, &bytes, headers(idempotency.as_deref(), Some(index)), true) {
                     Ok(delivery) => {
                         waiting.push_back((index, delivery));
                         break;
