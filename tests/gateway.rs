@@ -449,3 +449,19 @@ fn a_route_to_a_table_without_a_topic_writes_it_directly_and_answers_after_the_c
     }
     assert_eq!(ids, accepted, "the table holds exactly the accepted events");
 }
+
+#[test]
+fn a_gateway_with_a_certificate_serves_tls() {
+    let Some((servers, python)) = environment() else { return };
+    let site = Site::new(&servers, "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"");
+    let folder = site.path().display().to_string();
+    site.client(&python, &["certificate", &folder]);
+    let mut gateway = site.start_gateway("gateway.log");
+    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
+    let result = site.client(&python, &["tls", &site.address, "--marker", &folder]);
+    let id = result["accepted"][0]["id"].as_str().unwrap().to_string();
+    let status = terminate(&mut gateway);
+    assert!(status.success(), "{}", site.log("gateway.log"));
+    let published: Vec<String> = consume(&site.servers, &site.topic, 1).into_iter().map(|p| p.click_id).collect();
+    assert_eq!(published, [id]);
+}

@@ -363,6 +363,9 @@ impl Gateway {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
         if let Some((cert, key)) = &self.tls {
+            // Two crypto providers are compiled in (ring, aws-lc-rs): rustls takes neither
+            // unless told. Another part of the process may have chosen already.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let identity = tonic::transport::Identity::from_pem(cert, key);
             builder = builder
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
@@ -831,7 +834,7 @@ async fn unary(method: &Method, shared: &Shared, request: tonic::Request<Bytes>)
     }
     if let Target::Direct(sink) = &method.target {
         let version = sink.write(bytes).await?;
-        let mut response = tonic::Response::new(method.reply.unary(0, 0));
+        let mut response = tonic::Response::new(method.reply.direct());
         response.metadata_mut().insert("protolake-table-version", version.into());
         return Ok(response);
     }

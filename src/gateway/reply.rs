@@ -120,6 +120,16 @@ impl Reply {
         prost::Message::encode_to_vec(&m).into()
     }
 
+    /// The answer to a unary call in direct mode: no partition or offset (there is no topic),
+    /// `accepted` when the message has it.
+    pub fn direct(&self) -> Bytes {
+        let mut m = DynamicMessage::new(self.descriptor.clone());
+        if let Some(f) = &self.accepted {
+            m.set_field(f, int_value(f, 1));
+        }
+        prost::Message::encode_to_vec(&m).into()
+    }
+
     /// The answer to a client stream.
     pub fn stream(&self, accepted: u64, refused: &[(u64, Vec<Violation>)]) -> Bytes {
         prost::Message::encode_to_vec(&self.stream_message(accepted, refused)).into()

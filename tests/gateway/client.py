@@ -8,6 +8,8 @@ with grpcio-status; reflection and health with grpcio-reflection and grpcio-heal
   client.py all ADDR         every scenario; prints {"accepted": [...]} as the last line
   client.py unary ADDR --expect ok|unavailable|deadline
   client.py health ADDR --expect SERVING|NOT_SERVING [--within SECONDS]
+  client.py certificate FOLDER   writes a self-signed cert.pem and key.pem for 127.0.0.1
+  client.py tls ADDR --marker FOLDER   a call over TLS trusting FOLDER/cert.pem
   client.py direct ADDR        unary and stream calls to a route writing its table directly
   client.py slow-stream ADDR --events N --marker FILE   (FILE appears a quarter of the way in)
 """
@@ -294,6 +296,8 @@ def scenario_direct(addr):
     def one(_):
         m = click()
         reply, call = stub.Track.with_call(m, timeout=60)
+        # No topic, so no partition or offset: the table version says where it is.
+        assert reply.ByteSize() == 0, reply
         version = int(dict(call.initial_metadata())["protolake-table-version"])
         return m.click_id, version
 
@@ -309,6 +313,48 @@ def scenario_direct(addr):
     assert reply.accepted == 500 and [r.index for r in reply.refused] == [500], reply
     accepted.extend({"id": e.click_id} for e in events[:500])
     print(json.dumps({"accepted": accepted}))
+
+
+def make_certificate(folder):
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files in `folder`."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "protolake-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    with open(os.path.join(folder, "cert.pem"), "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(os.path.join(folder, "key.pem"), "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
+def scenario_tls(addr, folder):
+    with open(os.path.join(folder, "cert.pem"), "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    channel = grpc.secure_channel(addr, credentials)
+    grpc.channel_ready_future(channel).result(timeout=60)
+    m = click()
+    reply = pb_grpc.ClickServiceStub(channel).Track(m, timeout=60)
+    assert reply.offset >= 0
+    # Cleartext to a TLS port gets no answer.
+    plain = pb_grpc.ClickServiceStub(grpc.insecure_channel(addr))
+    try:
+        plain.Track(click(), timeout=5)
+        raise AssertionError("a cleartext call to the TLS port was answered")
+    except grpc.RpcError as e:
+        assert e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), e.code()
+    print(json.dumps({"accepted": [{"id": m.click_id}]}))
 
 
 def scenario_health(addr, expect, within):
@@ -327,7 +373,7 @@ def scenario_health(addr, expect, within):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["all", "unary", "health", "slow-stream", "direct"])
+    p.add_argument("scenario", choices=["all", "unary", "health", "slow-stream", "direct", "tls", "certificate"])
     p.add_argument("addr")
     p.add_argument("--expect", default="ok")
     p.add_argument("--within", type=float, default=30)
@@ -338,6 +384,10 @@ def main():
         accepted = []
         scenario_all(a.addr, accepted)
         print(json.dumps({"accepted": accepted}))
+    elif a.scenario == "certificate":
+        make_certificate(a.addr)
+    elif a.scenario == "tls":
+        scenario_tls(a.addr, a.marker)
     elif a.scenario == "direct":
         scenario_direct(a.addr)
     elif a.scenario == "slow-stream":
