@@ -171,6 +171,7 @@ fn one_backfill(pool: &Pool, input: &Path, n: usize, workers: usize, work: &Path
         flush: FlushPolicy::default(),
         parquet: ParquetOptions { zstd_level: 1, plain_columns: plain_columns(), ..ParquetOptions::default() },
         max_record_bytes: 1 << 20,
+        header_columns: Vec::new(),
         inputs: vec![input.to_path_buf()],
         workers,
     };

@@ -109,6 +109,7 @@ fn table_config(location: &str) -> TableConfig {
         // `--lz4-spills 1`: close_books.spill_compression = "lz4".
         close_books: CloseBooksConfig { compress_spills: arg("--lz4-spills", 0) == 1, ..CloseBooksConfig::default() },
         zorder_by: Vec::new(),
+        header_columns: Vec::new(),
     }
 }
 

@@ -169,6 +169,7 @@ fn main() {
         final_location: format!("{location}_final").into(),
         close_books: Default::default(),
         zorder_by: Vec::new(),
+        header_columns: Vec::new(),
     };
     let kafka = KafkaConfig {
         properties: [("bootstrap.servers".to_string(), servers.clone())].into(),

@@ -66,6 +66,8 @@ pub struct BackfillSpec {
     pub flush: FlushPolicy,
     pub parquet: ParquetOptions,
     pub max_record_bytes: usize,
+    /// Kafka header columns of the table (`header_columns`): null in every backfilled row.
+    pub header_columns: Vec<String>,
     pub inputs: Vec<PathBuf>,
     /// Threads decoding and encoding (at least 1).
     pub workers: usize,
@@ -146,6 +148,7 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
         contract,
         spec.event_time.as_ref(),
         spec.max_record_bytes,
+        &spec.header_columns,
         workers,
     )
     .map_err(|e| match e {

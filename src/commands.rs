@@ -364,6 +364,7 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
                 flush: table.flush.clone(),
                 parquet: table.parquet.clone(),
                 max_record_bytes: table.max_record_bytes,
+                header_columns: table.header_columns.clone(),
                 inputs: args.inputs.clone(),
                 workers: protolake::config::workers_or_cores(args.workers.map(usize::from).or(config.workers)),
             }
@@ -391,6 +392,7 @@ pub async fn backfill(args: &BackfillArgs) -> Result<ExitCode> {
                 flush: FlushPolicy::default(),
                 parquet: ParquetOptions::default(),
                 max_record_bytes: 16 << 20,
+                header_columns: Vec::new(),
                 inputs: args.inputs.clone(),
                 workers: protolake::config::workers_or_cores(args.workers.map(usize::from)),
             }

@@ -168,6 +168,8 @@ pub struct TableConfig {
     pub close_books: CloseBooksConfig,
     /// Columns `optimize` Z-orders the files by (empty: plain compaction).
     pub zorder_by: Vec<String>,
+    /// Kafka headers kept as `_source_header_<name>` columns of the data table.
+    pub header_columns: Vec<String>,
 }
 
 /// Settings of `close-books` for one table.
@@ -435,6 +437,8 @@ struct RawTable {
     storage: BTreeMap<String, toml::Value>,
     #[serde(default)]
     optimize: RawOptimize,
+    #[serde(default)]
+    header_columns: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -944,6 +948,18 @@ fn validate_table(
             close_books.memory_limit
         )));
     }
+    let mut header_names = std::collections::BTreeSet::new();
+    for header in &t.header_columns {
+        if header.trim().is_empty() {
+            return Err(invalid("header_columns holds an empty header name".into()));
+        }
+        if !header_names.insert(crate::pipeline::header_column_name(header)) {
+            return Err(invalid(format!(
+                "header_columns: {header:?} gives the column {} a second time",
+                crate::pipeline::header_column_name(header)
+            )));
+        }
+    }
     Ok(TableConfig {
         name: name.into(),
         descriptor,
@@ -964,6 +980,7 @@ fn validate_table(
         final_location,
         close_books,
         zorder_by: t.optimize.zorder_by,
+        header_columns: t.header_columns,
     })
 }
 

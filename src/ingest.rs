@@ -382,6 +382,7 @@ impl TableState {
             setup.contract.as_ref().map(|(_, c)| c),
             setup.config.event_time.as_ref(),
             max_record_bytes,
+            &setup.config.header_columns,
             workers,
         )
         .map_err(|cause| workers_error(&name, cause))?;

@@ -117,6 +117,19 @@ pub struct TablePipeline {
     dead: Vec<DeadLetter>,
     max_record_bytes: usize,
     validator: Option<RecordValidator>,
+    /// Kafka headers kept as columns (`header_columns`): (header name, column name).
+    header_columns: Vec<(String, String)>,
+    /// Each header column's value of each pending row.
+    header_values: Vec<Vec<Option<String>>>,
+}
+
+/// The column of a Kafka header kept by `header_columns`: `_source_header_<name>`, the name
+/// lower-cased with every character but letters and digits as `_` (`idempotency-key` →
+/// `_source_header_idempotency_key`).
+pub fn header_column_name(header: &str) -> String {
+    let name: String =
+        header.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    format!("_source_header_{name}")
 }
 
 impl TablePipeline {
@@ -164,12 +177,33 @@ impl TablePipeline {
             dead: Vec::new(),
             max_record_bytes,
             validator: None,
+            header_columns: Vec::new(),
+            header_values: Vec::new(),
         })
     }
 
     /// Checks each record against the descriptor's `buf.validate` rules before decoding it.
     pub fn with_validator(mut self, validator: Option<RecordValidator>) -> Self {
         self.validator = validator;
+        self
+    }
+
+    /// Keeps these Kafka headers of each row as string columns (after the source columns; null
+    /// where a record has no such header, e.g. every backfilled one). The last value wins when a
+    /// header repeats; bytes that are not UTF-8 are kept lossily.
+    pub fn with_header_columns(mut self, headers: &[String]) -> Self {
+        if headers.is_empty() {
+            return self;
+        }
+        let mut fields: Vec<FieldRef> = self.table_schema.fields().iter().cloned().collect();
+        let at = fields.iter().position(|f| f.name() == INGESTED_AT).map_or(fields.len(), |i| i + 1);
+        for (i, header) in headers.iter().enumerate() {
+            let column = header_column_name(header);
+            fields.insert(at + i, Arc::new(Field::new(&column, DataType::Utf8, true)));
+            self.header_columns.push((header.clone(), column));
+        }
+        self.header_values = vec![Vec::new(); headers.len()];
+        self.table_schema = Arc::new(Schema::new(fields));
         self
     }
 
@@ -197,8 +231,34 @@ impl TablePipeline {
     }
 
     /// [`push`](Self::push) for a record whose headers go with it if it becomes a dead letter
-    /// (`headers` is called only then).
+    /// (`headers` is called only then, or for every record when header columns are kept).
     pub fn push_with_headers(&mut self, bytes: &[u8], coordinates: &Coordinates, headers: impl FnOnce() -> Headers) {
+        if self.header_columns.is_empty() {
+            self.push_record(bytes, coordinates, headers);
+            return;
+        }
+        let all = headers();
+        let values: Vec<Option<String>> = self
+            .header_columns
+            .iter()
+            .map(|(name, _)| {
+                all.iter()
+                    .rev()
+                    .find(|(k, _)| k == name)
+                    .and_then(|(_, v)| v.as_deref())
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .collect();
+        let rows = self.sources.rows;
+        self.push_record(bytes, coordinates, move || all);
+        if self.sources.rows > rows {
+            for (column, value) in self.header_values.iter_mut().zip(values) {
+                column.push(value);
+            }
+        }
+    }
+
+    fn push_record(&mut self, bytes: &[u8], coordinates: &Coordinates, headers: impl FnOnce() -> Headers) {
         if bytes.len() > self.max_record_bytes {
             self.dead_letter_oversized(bytes.len() as u64, Some(bytes), coordinates.clone());
             if let Some(last) = self.dead.last_mut() {
@@ -321,6 +381,7 @@ impl TablePipeline {
         let _ = self.decoder.flush();
         self.sources.clear();
         self.dead.clear();
+        self.header_values.iter_mut().for_each(Vec::clear);
     }
 
     pub fn dead_letter(&mut self, letter: DeadLetter) {
@@ -341,6 +402,9 @@ impl TablePipeline {
         let payload = to_delta_batch(&decoded)?;
         let mut columns: Vec<ArrayRef> = payload.columns().to_vec();
         columns.extend(sources?);
+        for values in &mut self.header_values {
+            columns.push(Arc::new(StringArray::from(std::mem::take(values))));
+        }
         if let Some(et) = &self.event_time {
             columns.push(Arc::new(event_dates(&payload, et)?));
         }
@@ -933,6 +997,36 @@ message Ev { int64 ts_s = 1; Header header = 2; string id = 3; optional string n
         assert_eq!(dead[0].reason, "missing_event_time");
         assert!(dead[0].message.contains(&format!("{} seconds", i64::MAX / 10)), "{}", dead[0].message);
         assert_eq!((dead[0].raw.as_slice(), &dead[0].coordinates), (huge.as_slice(), &kafka(6)));
+    }
+
+    #[test]
+    fn kept_headers_become_columns_of_the_rows_only() {
+        let (decoder, desc) = event_decoder();
+        let et = EventTime { field: "header.sent_ms".into(), unit: Some(EventUnit::Milliseconds) };
+        let mut pipeline =
+            TablePipeline::new(decoder, None, Some(&et), 1 << 20).unwrap().with_header_columns(&["idempotency-key".into()]);
+        let names: Vec<String> = pipeline.table_schema().fields().iter().map(|f| f.name().clone()).collect();
+        let at = names.iter().position(|n| n == "_source_header_idempotency_key").expect("the header's column");
+        assert_eq!(names[at - 1], INGESTED_AT);
+        let header = |v: &str| vec![("idempotency-key".to_string(), Some(v.as_bytes().to_vec()))];
+        let good = |id: &str| ev(&desc, &[("id", id), ("header.sent_ms", "86400000")]);
+        pipeline.push_with_headers(&good("a"), &kafka(0), || header("k-a"));
+        // No event time: a dead letter, whose headers are kept as before, and no row value.
+        pipeline.push_with_headers(&ev(&desc, &[("id", "b")]), &kafka(1), || header("k-b"));
+        pipeline.push_with_headers(&good("c"), &kafka(2), Vec::new);
+        let mut twice = header("first");
+        twice.extend(header("last"));
+        pipeline.push_with_headers(&good("d"), &kafka(3), || twice);
+        let (batch, dead) = pipeline.take(0).unwrap();
+        let batch = batch.unwrap();
+        assert_eq!(string_column(&batch, "id"), [Some("a".into()), Some("c".into()), Some("d".into())]);
+        assert_eq!(
+            string_column(&batch, "_source_header_idempotency_key"),
+            [Some("k-a".into()), None, Some("last".into())]
+        );
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].headers, header("k-b"));
+        assert_eq!(header_column_name("X-Request.ID"), "_source_header_x_request_id");
     }
 
     #[test]

@@ -236,6 +236,7 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
         final_location: format!("{}_final", location).into(),
         close_books: Default::default(),
         zorder_by: Vec::new(),
+        header_columns: Vec::new(),
     };
     // The daemon's start-up check: the descriptor must agree with the contract column by column.
     let contract =

@@ -121,16 +121,24 @@ pub fn pipelines(
     contract: Option<&crate::contract::Contract>,
     event_time: Option<&crate::config::EventTime>,
     max_record_bytes: usize,
+    header_columns: &[String],
     workers: usize,
 ) -> Result<Vec<TablePipeline>, WorkerError> {
     let mut pipelines = Vec::with_capacity(workers.max(1));
     for _ in 1..workers.max(1) {
         let validator = validator.as_ref().map(|v| v.fresh());
         pipelines.push(
-            TablePipeline::new(decoder.fresh()?, contract, event_time, max_record_bytes)?.with_validator(validator),
+            TablePipeline::new(decoder.fresh()?, contract, event_time, max_record_bytes)?
+                .with_validator(validator)
+                .with_header_columns(header_columns),
         );
     }
-    pipelines.insert(0, TablePipeline::new(decoder, contract, event_time, max_record_bytes)?.with_validator(validator));
+    pipelines.insert(
+        0,
+        TablePipeline::new(decoder, contract, event_time, max_record_bytes)?
+            .with_validator(validator)
+            .with_header_columns(header_columns),
+    );
     Ok(pipelines)
 }
 

@@ -126,6 +126,7 @@ message = "protolake.tests.gateway.v1.Click"
 location = "lake/clicks"
 event_time = {{ field = "event_time" }}
 key = ["click_id"]
+header_columns = ["idempotency-key"]
 {topic_line}
 
 [gateway]
@@ -325,10 +326,15 @@ fn the_gateway_publishes_exactly_what_it_accepts_and_the_sink_ingests_exactly_th
     let out = site.protolake(&["ingest", "--config", "protolake.toml", "--exit-when-idle", "3s", "--metrics-address", "off"]);
     assert!(out.status.success(), "ingest: {}", String::from_utf8_lossy(&out.stderr));
     let table = Location::new(site.path().join("lake/clicks").display().to_string());
-    let rows: BTreeSet<String> =
-        common::read_columns(&table, &["click_id"]).into_iter().map(|r| r[0].clone().unwrap()).collect();
+    let read = common::read_columns(&table, &["click_id", "_source_header_idempotency_key"]);
+    let rows: BTreeSet<String> = read.iter().map(|r| r[0].clone().unwrap()).collect();
     assert_eq!(rows.len(), expected.len());
     assert!(rows.iter().all(|id| expected.contains_key(id)));
+    // The client's idempotency key reached the table (header_columns), so a retry is recognisable.
+    for row in &read {
+        let sent = expected[row[0].as_ref().unwrap()];
+        assert_eq!(row[1].as_deref(), sent["idempotency"].as_str(), "{row:?}");
+    }
     let dlq = Location::new(site.path().join("lake/clicks_dlq").display().to_string());
     let dead = if Path::new(dlq.uri()).join("_delta_log").exists() { common::read_columns(&dlq, &["reason"]) } else { Vec::new() };
     assert!(dead.is_empty(), "the sink refused what the gateway accepted: {dead:?}");

@@ -25,6 +25,8 @@ use crate::source::Coordinates;
 /// A record on its way into the table, and who waits for its commit.
 struct Pending {
     bytes: bytes::Bytes,
+    /// The call's `idempotency-key`, kept as the record's header.
+    idempotency: Option<String>,
     answer: oneshot::Sender<Result<u64, Status>>,
 }
 
@@ -83,16 +85,16 @@ impl DirectSink {
     }
 
     /// Hands one checked record to the writer: the table version whose commit holds it.
-    pub async fn write(&self, bytes: bytes::Bytes) -> Result<u64, Status> {
-        Self::committed(self.submit(bytes).await?).await
+    pub async fn write(&self, bytes: bytes::Bytes, idempotency: Option<String>) -> Result<u64, Status> {
+        Self::committed(self.submit(bytes, idempotency).await?).await
     }
 
     /// Hands one checked record to the writer (waiting while its queue is full); the receiver
     /// learns of its commit.
-    pub async fn submit(&self, bytes: bytes::Bytes) -> Result<Commit, Status> {
+    pub async fn submit(&self, bytes: bytes::Bytes, idempotency: Option<String>) -> Result<Commit, Status> {
         let (answer, answered) = oneshot::channel();
         self.records
-            .send(Pending { bytes, answer })
+            .send(Pending { bytes, idempotency, answer })
             .await
             .map_err(|_| Status::unavailable(format!("the writer of table {} has stopped", self.table)))?;
         Ok(answered)
@@ -158,7 +160,10 @@ impl Writer {
     fn push(&mut self, record: Pending) {
         let index = self.next_index;
         self.next_index += 1;
-        self.pipeline.push(&record.bytes, &Coordinates::File { path: self.source.clone(), index });
+        let idempotency = record.idempotency;
+        self.pipeline.push_with_headers(&record.bytes, &Coordinates::File { path: self.source.clone(), index }, || {
+            idempotency.map(|k| vec![("idempotency-key".to_string(), Some(k.into_bytes()))]).unwrap_or_default()
+        });
         self.waiting.push((index, record.answer));
         self.first_at.get_or_insert_with(Instant::now);
     }

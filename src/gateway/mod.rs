@@ -213,7 +213,8 @@ impl Gateway {
                             setup.table.event_time.as_ref(),
                             setup.table.max_record_bytes,
                         )
-                        .map_err(|e| err(e.to_string()))?;
+                        .map_err(|e| err(e.to_string()))?
+                        .with_header_columns(&setup.table.header_columns);
                         let sink = direct::DirectSink::open(&setup.table, pipeline, setup.contract.as_ref())
                             .await
                             .map_err(|e| err(format!("table {}: {e}", setup.table.name)))?;
@@ -833,7 +834,7 @@ async fn unary(method: &Method, shared: &Shared, request: tonic::Request<Bytes>)
         return Err(method.refusal(&violations));
     }
     if let Target::Direct(sink) = &method.target {
-        let version = sink.write(bytes).await?;
+        let version = sink.write(bytes, idempotency).await?;
         let mut response = tonic::Response::new(method.reply.direct());
         response.metadata_mut().insert("protolake-table-version", version.into());
         return Ok(response);
@@ -870,7 +871,7 @@ async fn stream(
         let violations = check_one(method, shared, &mut checker, &bytes);
         if violations.is_empty() {
             if let Target::Direct(sink) = &method.target {
-                committing.push((index, sink.submit(bytes).await?));
+                committing.push((index, sink.submit(bytes, idempotency.clone()).await?));
                 index += 1;
                 continue;
             }
