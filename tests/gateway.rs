@@ -367,7 +367,7 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
         assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let site = Site::new(&servers, "produce_timeout = \"3s\"");
+    let site = Site::new(&servers, "produce_timeout = \"3s\"\nmax_in_flight = 1");
     let mut gateway = site.start_gateway("gateway.log");
     wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
     site.client(&python, &["health", &site.address, "--expect", "SERVING"]);
@@ -377,10 +377,26 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
     broker.wait().unwrap();
     // Never a success for a record the broker did not take: the client's deadline passes first
     // (1 s), or the produce timeout (3 s) does.
-    site.client(&python, &["unary", &site.address, "--expect", "deadline"]);
     site.client(&python, &["unary", &site.address, "--expect", "unavailable"]);
     site.client(&python, &["health", &site.address, "--expect", "NOT_SERVING", "--within", "30"]);
     assert!(http_get(&site.metrics, "/readyz").starts_with("HTTP/1.1 503"));
+    // A full produce queue (max_in_flight = 1) refuses at once, with RetryInfo.
+    site.client(&python, &["unary", &site.address, "--expect", "queue-full"]);
+    site.client(&python, &["unary", &site.address, "--expect", "deadline"]);
+
+    // A broker back on the address, without the topic (in-memory storage): still NOT_SERVING,
+    // as records for it would time out; with the topic, health follows. (This broker has also
+    // lost the producers' ids and sequences, which a Kafka cluster keeps across restarts; the
+    // idempotent producer does not resume against it, so no call is made here.)
+    let _broker = start_broker();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&servers).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    site.client(&python, &["health", &site.address, "--expect", "NOT_SERVING", "--within", "5"]);
+    create_topic(&servers, &site.topic, 2);
+    site.client(&python, &["health", &site.address, "--expect", "SERVING", "--within", "60"]);
 
     let status = terminate(&mut gateway);
     let _ = status;

@@ -322,8 +322,12 @@ impl Gateway {
                         false
                     } else if let Some(producer) = shared.producer.as_ref().map(|p| p.calls.clone()) {
                         let topic = topic.clone();
+                        // Serving: the brokers answer and know the topic (a record for a topic they
+                        // do not have would only time out).
                         tokio::task::spawn_blocking(move || {
-                            producer.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok()
+                            producer.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok_and(|m| {
+                                m.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                            })
                         })
                         .await
                         .unwrap_or(false)

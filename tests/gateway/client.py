@@ -6,7 +6,7 @@ with grpcio-status; reflection and health with grpcio-reflection and grpcio-heal
 `buf curl` (PyPI buf-bin) speaks gRPC and Connect through reflection; urllib posts HTTP/JSON.
 
   client.py all ADDR         every scenario; prints {"accepted": [...]} as the last line
-  client.py unary ADDR --expect ok|unavailable|deadline
+  client.py unary ADDR --expect ok|unavailable|deadline|queue-full
   client.py health ADDR --expect SERVING|NOT_SERVING [--within SECONDS]
   client.py certificate FOLDER   writes a self-signed cert.pem and key.pem for 127.0.0.1
   client.py tls ADDR --marker FOLDER   a call over TLS trusting FOLDER/cert.pem
@@ -250,8 +250,39 @@ def scenario_unary(addr, expect):
     stub = pb_grpc.ClickServiceStub(channel)
     m = click()
     if expect == "ok":
-        stub.Track(m, timeout=60, wait_for_ready=True)
+        # As a client should: RESOURCE_EXHAUSTED and UNAVAILABLE (both with RetryInfo) are
+        # retried, with the same idempotency key.
+        deadline = time.time() + 90
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                stub.Track(m, timeout=60, wait_for_ready=True, metadata=[("idempotency-key", m.click_id)])
+                break
+            except grpc.RpcError as e:
+                retryable = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+                if e.code() not in retryable or time.time() > deadline:
+                    raise
+                print(f"try {tries}: {e.code()}", file=sys.stderr)
+                time.sleep(0.5)
         print(json.dumps({"accepted": [{"id": m.click_id}]}))
+        return
+    if expect == "queue-full":
+        # One record may wait (max_in_flight = 1): while it does, the next call is refused at once.
+        import threading
+
+        waiting = threading.Thread(target=lambda: expect_refused(stub.Track, grpc.StatusCode.UNAVAILABLE, click(),
+                                                                  timeout=60))
+        waiting.start()
+        time.sleep(0.5)
+        e = expect_refused(stub.Track, grpc.StatusCode.RESOURCE_EXHAUSTED, m, timeout=60)
+        from grpc_status import rpc_status
+        from google.rpc import error_details_pb2
+
+        retry = [d for d in rpc_status.from_call(e).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        assert retry, "no RetryInfo on RESOURCE_EXHAUSTED"
+        waiting.join()
+        print(json.dumps({"refused": m.click_id}))
         return
     if expect == "deadline":
         # The client's deadline is shorter than the produce timeout: its own code, not CANCELLED.
