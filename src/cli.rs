@@ -54,9 +54,10 @@ pub enum Command {
     Vacuum(VacuumArgs),
     /// Serve the gRPC front door: every method routed in `[gateway.routes]` is served from the
     /// table's descriptor set, each record is checked as the sink checks it (contract, rules,
-    /// size) and, if accepted, published to the table's topic; a call is answered after the
-    /// broker acknowledged its records. Also HTTP/JSON (Connect unary) on the same paths,
-    /// server reflection, grpc.health.v1, /metrics. Runs until SIGTERM/SIGINT, then drains.
+    /// size) and, if accepted, published to the table's topic (or, for a table without one,
+    /// committed to it directly); a call is answered once its records are acknowledged (or
+    /// committed). Also HTTP/JSON (Connect unary) on the same paths, server reflection,
+    /// grpc.health.v1, /metrics. Runs until SIGTERM/SIGINT, then drains. See docs/gateway.md.
     Gateway(GatewayArgs),
     /// Generate sample ad-impression events (some duplicated, some invalid), ingest them into
     /// ./lake/ through the real pipeline, and show how to query the result.

@@ -77,7 +77,9 @@ pub fn gateway_setups(config: &Config) -> Result<Vec<protolake::gateway::RouteSe
 pub async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     use std::sync::Arc;
 
-    init_logging(&args.log_format, "warn,protolake=info");
+    // Not the Delta kernel's: it logs an error when direct mode opens a table that does not
+    // exist yet (which it then creates); its real failures reach the user as the gateway's own.
+    init_logging(&args.log_format, "warn,protolake=info,buoyant_kernel=off");
     let mut config = Config::load(&args.config)?;
     if let Some(listen) = &args.listen {
         config.gateway.listen = listen.clone();

@@ -199,31 +199,39 @@ impl Gateway {
             if let Some(t) = &setup.tokens {
                 all_tokens.extend(t.values.iter().cloned());
             }
-            let target = match &setup.table.topic {
-                Some(topic) => Target::Topic(topic.clone()),
-                None => match sinks.iter().find(|s| s.table == setup.table.name) {
-                    Some(sink) => Target::Direct(sink.clone()),
-                    None => {
-                        let err = |reason: String| GatewayError::Route { method: setup.route.method.clone(), reason };
-                        let contract = setup.contract.as_ref().map(|(_, c)| c);
-                        // The records are checked before they reach it: no second rule check.
-                        let pipeline = TablePipeline::new(
-                            setup.decoder.fresh().map_err(|e| err(e.to_string()))?,
-                            contract,
-                            setup.table.event_time.as_ref(),
-                            setup.table.max_record_bytes,
-                        )
-                        .map_err(|e| err(e.to_string()))?
-                        .with_header_columns(&setup.table.header_columns);
-                        let sink = direct::DirectSink::open(&setup.table, pipeline, setup.contract.as_ref())
-                            .await
-                            .map_err(|e| err(format!("table {}: {e}", setup.table.name)))?;
-                        sinks.push(sink.clone());
-                        Target::Direct(sink)
-                    }
-                },
+            // Direct mode's table is opened (created, if need be) only for a route that checks out.
+            let err = |reason: String| GatewayError::Route { method: setup.route.method.clone(), reason };
+            let direct = match &setup.table.topic {
+                Some(_) => None,
+                None => {
+                    // The records are checked before they reach it: no second rule check.
+                    let pipeline = TablePipeline::new(
+                        setup.decoder.fresh().map_err(|e| err(e.to_string()))?,
+                        setup.contract.as_ref().map(|(_, c)| c),
+                        setup.table.event_time.as_ref(),
+                        setup.table.max_record_bytes,
+                    )
+                    .map_err(|e| err(e.to_string()))?
+                    .with_header_columns(&setup.table.header_columns);
+                    Some((pipeline, setup.table.clone(), setup.contract.clone()))
+                }
             };
-            methods.push(Arc::new(method(setup, target, &metrics)?));
+            let topic = setup.table.topic.clone().unwrap_or_default();
+            let mut served = method(setup, Target::Topic(topic), &metrics)?;
+            if let Some((pipeline, table, contract)) = direct {
+                let sink = match sinks.iter().find(|s| s.table == table.name) {
+                    Some(sink) => sink.clone(),
+                    None => {
+                        let sink = direct::DirectSink::open(&table, pipeline, contract.as_ref()).await.map_err(|e| {
+                            GatewayError::Route { method: served.name.clone(), reason: format!("table {}: {e}", table.name) }
+                        })?;
+                        sinks.push(sink.clone());
+                        sink
+                    }
+                };
+                served.target = Target::Direct(sink);
+            }
+            methods.push(Arc::new(served));
         }
         let producer = if methods.iter().any(|m| matches!(m.target, Target::Topic(_))) {
             // A unary call waits for its record's batch: librdkafka's default of 5 ms would be
