@@ -140,32 +140,16 @@ fn main() {
         .set("linger.ms", linger.unwrap_or(1).to_string())
         .create()
         .unwrap();
-    let mut bare_latencies = runtime.block_on(async {
-        let bare = Arc::new(bare);
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let (bare, next, payloads, topic) = (bare.clone(), next.clone(), payloads.clone(), bare_topic.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= calls {
-                        return latencies;
-                    }
-                    let t = Instant::now();
-                    let key = i.to_string();
-                    let record = FutureRecord::to(&topic).payload(payloads[i].as_ref()).key(&key);
-                    bare.send_result(record).map_err(|_| "queue full").unwrap().await.unwrap().unwrap();
-                    latencies.push(t.elapsed());
-                }
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
-        all
+    let mut bare_latencies = runtime.block_on({
+        let (payloads, topic) = (payloads.clone(), bare_topic.clone());
+        one_at_a_time(concurrency, calls, move |i| {
+            let (bare, payloads, topic) = (bare.clone(), payloads.clone(), topic.clone());
+            async move {
+                let key = i.to_string();
+                let record = FutureRecord::to(&topic).payload(payloads[i].as_ref()).key(&key);
+                bare.send_result(record).map_err(|_| "queue full").unwrap().await.unwrap().unwrap();
+            }
+        })
     });
     bare_latencies.sort();
 
@@ -247,30 +231,17 @@ table = "flat"
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
         let cpu = cpu_of(pid);
         let started = Instant::now();
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let (channel, next, payloads) = (channel.clone(), next.clone(), payloads.clone());
-            let path = http::uri::PathAndQuery::try_from(format!("/{service}/Track")).unwrap();
-            tasks.push(tokio::spawn(async move {
-                let mut grpc = tonic::client::Grpc::new(channel);
-                let mut latencies = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= calls {
-                        return latencies;
-                    }
-                    let t = Instant::now();
-                    grpc.ready().await.unwrap();
-                    grpc.unary(tonic::Request::new(payloads[i].clone()), path.clone(), Raw).await.expect("a valid call is accepted");
-                    latencies.push(t.elapsed());
-                }
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
+        let grpc = tonic::client::Grpc::new(channel);
+        let path = http::uri::PathAndQuery::try_from(format!("/{service}/Track")).unwrap();
+        let payloads = payloads.clone();
+        let all = one_at_a_time(concurrency, calls, move |i| {
+            let (mut grpc, path, payload) = (grpc.clone(), path.clone(), payloads[i].clone());
+            async move {
+                grpc.ready().await.unwrap();
+                grpc.unary(tonic::Request::new(payload), path, Raw).await.expect("a valid call is accepted");
+            }
+        })
+        .await;
         (started.elapsed().as_secs_f64(), cpu_of(pid) - cpu, all)
     });
     latencies.sort();
@@ -307,6 +278,38 @@ table = "flat"
         "streaming rate / broker produce-only rate: {:.2}",
         (streamed as f64 / stream_wall) / bare_rate
     );
+}
+
+/// `calls` calls made by `concurrency` tasks, each waiting for its call before the next: the
+/// time of each.
+async fn one_at_a_time<F, Fut>(concurrency: usize, calls: usize, call: F) -> Vec<Duration>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (call, next) = (call.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= calls {
+                    return latencies;
+                }
+                let t = Instant::now();
+                call(i).await;
+                latencies.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
 }
 
 /// One client stream of `events`: the count the gateway accepted (the reply's field 1).

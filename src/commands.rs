@@ -47,18 +47,30 @@ pub fn gateway_setups(config: &Config) -> Result<Vec<protolake::gateway::RouteSe
             config.source
         );
     }
-    let mut setups = Vec::new();
+    let mut setups: Vec<protolake::gateway::RouteSetup> = Vec::new();
     for route in config.gateway.routes.values() {
         let table = config.table(&route.table)?;
-        let (pool, decoder, validator) = table_pool_and_decoder(table)?;
-        let contract = pinned_contract(table, &decoder)?;
-        if contract.is_none() {
-            tracing::warn!(table = %table.name, "no pinned contract; checking records against the descriptor alone (ad-hoc)");
-        }
+        // A table routed twice is read and checked against its contract once.
+        let (descriptor_set, decoder, validator, contract) = match setups.iter().find(|s| s.table.name == table.name) {
+            Some(earlier) => (
+                earlier.descriptor_set.clone(),
+                earlier.decoder.fresh()?,
+                earlier.validator.as_ref().map(|v| v.fresh()),
+                earlier.contract.clone(),
+            ),
+            None => {
+                let (pool, decoder, validator) = table_pool_and_decoder(table)?;
+                let contract = pinned_contract(table, &decoder)?;
+                if contract.is_none() {
+                    tracing::warn!(table = %table.name, "no pinned contract; checking records against the descriptor alone (ad-hoc)");
+                }
+                (pool.encoded().to_vec(), decoder, validator, contract)
+            }
+        };
         setups.push(protolake::gateway::RouteSetup {
             route: route.clone(),
             table: table.clone(),
-            descriptor_set: pool.encoded().to_vec(),
+            descriptor_set,
             decoder,
             validator,
             contract,
@@ -94,15 +106,8 @@ pub async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     let setups = gateway_setups(&config)?;
     let metrics = Arc::new(protolake::metrics::GatewayMetrics::new());
     let gateway = protolake::gateway::Gateway::bind(setups, &config.gateway, &config.kafka, metrics.clone()).await?;
-    let address = match args.metrics_address.as_deref() {
-        Some("off") => None,
-        Some(a) => Some(a.to_string()),
-        None => config.gateway.metrics_address.clone(),
-    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(address) = address {
-        let addr: std::net::SocketAddr =
-            address.parse().with_context(|| format!("metrics address {address:?} is not HOST:PORT"))?;
+    if let Some(addr) = metrics_address(args.metrics_address.as_deref(), &config.gateway.metrics_address)? {
         let m = metrics.clone();
         let reachable = metrics.clone();
         let mut stopped = stop_rx.clone();
@@ -113,12 +118,7 @@ pub async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
         let server = protolake::metrics::serve_endpoints(addr, move || m.encode(), || (true, "ok\n".into()), probe, async move {
             let _ = stopped.wait_for(|s| *s).await;
         });
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(%addr, error = %e, "metrics endpoint stopped");
-            }
-        });
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        spawn_endpoints(addr, server);
     }
     let listening = gateway.local_addr()?;
     tracing::info!(address = %listening, methods = ?gateway.methods(), kafka = ?config.kafka.redacted(), "serving gRPC and HTTP/JSON");
@@ -126,28 +126,13 @@ pub async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     let stop = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
-        for n in 0.. {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            if n == 0 {
-                tracing::info!("stopping: finishing the calls in flight and flushing the producer (signal again to exit at once)");
-                let _ = stop_tx.send(true);
-            } else {
-                tracing::warn!("exiting at once; calls in flight get no answer (their clients retry)");
-                std::process::exit(130);
-            }
-        }
-    });
+    on_signals(
+        "stopping: finishing the calls in flight and flushing the producer (signal again to exit at once)",
+        "exiting at once; calls in flight get no answer (their clients retry)",
+        move || {
+            let _ = stop_tx.send(true);
+        },
+    );
     let report = gateway.serve(stop).await?;
     tracing::info!(accepted = report.accepted, refused = report.refused, unflushed = report.unflushed, "stopped");
     if report.unflushed > 0 {
@@ -489,14 +474,7 @@ pub async fn ingest(args: &IngestArgs) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(protolake::metrics::Metrics::new());
     let health = Arc::new(protolake::metrics::Health::default());
-    let address = match args.metrics_address.as_deref() {
-        Some("off") => None,
-        Some(a) => Some(a.to_string()),
-        None => config.ingest.metrics_address.clone(),
-    };
-    if let Some(address) = address {
-        let addr: std::net::SocketAddr =
-            address.parse().with_context(|| format!("metrics address {address:?} is not HOST:PORT"))?;
+    if let Some(addr) = metrics_address(args.metrics_address.as_deref(), &config.ingest.metrics_address)? {
         let stopped = stop.clone();
         let (m, h) = (metrics.clone(), health.clone());
         let server = protolake::metrics::serve(addr, m, h, async move {
@@ -504,38 +482,14 @@ pub async fn ingest(args: &IngestArgs) -> Result<ExitCode> {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         });
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(%addr, error = %e, "metrics endpoint stopped");
-            }
-        });
-        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        spawn_endpoints(addr, server);
     }
     let signal_stop = stop.clone();
-    tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
-        for n in 0.. {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            if n == 0 {
-                tracing::info!(
-                    "stopping: committing open batches and leaving the group (signal again to exit at once)"
-                );
-                signal_stop.store(true, Ordering::SeqCst);
-            } else {
-                tracing::warn!("exiting without committing; the open batches will be read again");
-                std::process::exit(130);
-            }
-        }
-    });
+    on_signals(
+        "stopping: committing open batches and leaving the group (signal again to exit at once)",
+        "exiting without committing; the open batches will be read again",
+        move || signal_stop.store(true, Ordering::SeqCst),
+    );
     let options = protolake::ingest::IngestOptions {
         exit_when_idle: args.exit_when_idle,
         workers: args.workers.map(usize::from).or(config.workers),
@@ -556,6 +510,62 @@ pub async fn ingest(args: &IngestArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The address of a daemon's `/metrics`, `/healthz` and `/readyz`: the `--metrics-address`
+/// flag (`off`: none) over the config's.
+fn metrics_address(flag: Option<&str>, configured: &Option<String>) -> Result<Option<std::net::SocketAddr>> {
+    let address = match flag {
+        Some("off") => return Ok(None),
+        Some(a) => a.to_string(),
+        None => match configured {
+            Some(a) => a.clone(),
+            None => return Ok(None),
+        },
+    };
+    let addr = address.parse().with_context(|| format!("metrics address {address:?} is not HOST:PORT"))?;
+    Ok(Some(addr))
+}
+
+/// Runs a daemon's endpoint server in the background, logging where it serves and why it stopped.
+fn spawn_endpoints(addr: std::net::SocketAddr, server: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(%addr, error = %e, "metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+}
+
+/// A daemon's signals: the first SIGTERM/SIGINT logs `stopping` and calls `stop`, a second
+/// logs `exiting` and exits 130 at once.
+fn on_signals(stopping: &'static str, exiting: &'static str, stop: impl FnOnce() + Send + 'static) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        let mut stop = Some(stop);
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            match stop.take() {
+                Some(stop) => {
+                    tracing::info!("{stopping}");
+                    stop();
+                }
+                None => {
+                    tracing::warn!("{exiting}");
+                    std::process::exit(130);
+                }
+            }
+        }
+    });
 }
 
 /// Logs to stderr; RUST_LOG overrides `default_filter`.

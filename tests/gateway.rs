@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
 mod common;
 
+use common::{create_topic, http_get, terminate, unique, wait_at_most};
 use protolake::location::Location;
 
 fn environment() -> Option<(String, PathBuf)> {
@@ -32,11 +31,6 @@ fn environment() -> Option<(String, PathBuf)> {
             None
         }
     }
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 /// A child process killed when the test ends, passed or not.
@@ -66,21 +60,6 @@ impl Drop for Guard {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn create_topic(servers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", servers).create().expect("admin client");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let results = runtime
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-        ))
-        .expect("create topics");
-    for r in results {
-        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-    }
 }
 
 /// A folder with a config routing ClickService's methods to one table, its contract pinned.
@@ -164,8 +143,9 @@ tokens_env = "SECURE_TOKENS"
         Command::new(env!("CARGO_BIN_EXE_protolake")).args(args).current_dir(self.path()).output().unwrap()
     }
 
-    fn start_gateway(&self, log: &str) -> Guard {
-        let log = std::fs::File::create(self.path().join(log)).unwrap();
+    /// Starts the gateway and waits until it listens; its log goes to `log_name`.
+    fn start_gateway(&self, log_name: &str) -> Guard {
+        let log = std::fs::File::create(self.path().join(log_name)).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_protolake"))
             .args(["gateway", "--config", "protolake.toml"])
             .current_dir(self.path())
@@ -176,7 +156,9 @@ tokens_env = "SECURE_TOKENS"
             .stderr(log)
             .spawn()
             .expect("gateway starts");
-        Guard(child)
+        let mut gateway = Guard(child);
+        wait_until_listening(&self.address, &mut gateway, "the gateway", Duration::from_secs(60), || self.log(log_name));
+        gateway
     }
 
     fn log(&self, name: &str) -> String {
@@ -197,44 +179,16 @@ tokens_env = "SECURE_TOKENS"
     }
 }
 
-fn wait_until_listening(address: &str, child: &mut Child, log: impl Fn() -> String) {
+/// Waits until `child` (`what`) accepts connections at `address`, for `limit` at most.
+fn wait_until_listening(address: &str, child: &mut Child, what: &str, limit: Duration, log: impl Fn() -> String) {
     let started = Instant::now();
     while std::net::TcpStream::connect(address).is_err() {
         if let Some(status) = child.try_wait().unwrap() {
-            panic!("the gateway exited ({status}):\n{}", log());
+            panic!("{what} exited ({status}):\n{}", log());
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the gateway did not listen:\n{}", log());
+        assert!(started.elapsed() < limit, "{what} did not listen:\n{}", log());
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the process did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    wait_at_most(child, Duration::from_secs(120))
-}
-
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint listening");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// One record of the topic.
@@ -287,17 +241,16 @@ fn the_gateway_publishes_exactly_what_it_accepts_and_the_sink_ingests_exactly_th
     let Some((servers, python)) = environment() else { return };
     let site = Site::new(&servers, "");
     let mut gateway = site.start_gateway("gateway.log");
-    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
 
     let result = site.client(&python, &["all", &site.address]);
     let accepted = result["accepted"].as_array().expect("the client lists what it sent and was accepted");
     assert!(accepted.len() > 9_900, "{} accepted", accepted.len());
 
     // The metrics count the calls and the violations by rule.
-    let metrics = http_get(&site.metrics, "/metrics");
+    let (_, metrics) = http_get(&site.metrics, "/metrics");
     assert!(metrics.contains("protolake_gateway_calls_total{method=\"protolake.tests.gateway.v1.ClickService/Track\",code=\"InvalidArgument\"}"), "{metrics}");
     assert!(metrics.contains("protolake_gateway_violations_total{table=\"clicks\",reason=\"string.len\"}"), "{metrics}");
-    assert!(http_get(&site.metrics, "/readyz").starts_with("HTTP/1.1 200"));
+    assert_eq!(http_get(&site.metrics, "/readyz").0, 200);
 
     let status = terminate(&mut gateway);
     assert!(status.success(), "the gateway's drain failed:\n{}", site.log("gateway.log"));
@@ -359,17 +312,13 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu starts");
-        Guard(child)
+        let mut broker = Guard(child);
+        wait_until_listening(&servers, &mut broker, "tansu", Duration::from_secs(30), String::new);
+        broker
     };
     let mut broker = start_broker();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&servers).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let site = Site::new(&servers, "produce_timeout = \"3s\"\nmax_in_flight = 1");
     let mut gateway = site.start_gateway("gateway.log");
-    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
     site.client(&python, &["health", &site.address, "--expect", "SERVING"]);
     site.client(&python, &["unary", &site.address, "--expect", "ok"]);
 
@@ -379,7 +328,7 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
     // (1 s), or the produce timeout (3 s) does.
     site.client(&python, &["unary", &site.address, "--expect", "unavailable"]);
     site.client(&python, &["health", &site.address, "--expect", "NOT_SERVING", "--within", "30"]);
-    assert!(http_get(&site.metrics, "/readyz").starts_with("HTTP/1.1 503"));
+    assert_eq!(http_get(&site.metrics, "/readyz").0, 503);
     // A full produce queue (max_in_flight = 1) refuses at once, with RetryInfo.
     site.client(&python, &["unary", &site.address, "--expect", "queue-full"]);
     site.client(&python, &["unary", &site.address, "--expect", "deadline"]);
@@ -389,11 +338,6 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
     // lost the producers' ids and sequences, which a Kafka cluster keeps across restarts; the
     // idempotent producer does not resume against it, so no call is made here.)
     let _broker = start_broker();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(&servers).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "tansu did not listen again");
-        std::thread::sleep(Duration::from_millis(100));
-    }
     site.client(&python, &["health", &site.address, "--expect", "NOT_SERVING", "--within", "5"]);
     create_topic(&servers, &site.topic, 2);
     site.client(&python, &["health", &site.address, "--expect", "SERVING", "--within", "60"]);
@@ -407,7 +351,6 @@ fn sigterm_during_a_stream_lets_it_finish_and_loses_no_acknowledged_event() {
     let Some((servers, python)) = environment() else { return };
     let site = Site::new(&servers, "drain_timeout = \"60s\"");
     let mut gateway = site.start_gateway("gateway.log");
-    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
     let marker = site.path().join("streaming");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway/client.py");
     let client = Command::new(&python)
@@ -452,7 +395,6 @@ fn a_route_to_a_table_without_a_topic_writes_it_directly_and_answers_after_the_c
     let Some((servers, python)) = environment() else { return };
     let site = Site::with_table(&servers, "", false);
     let mut gateway = site.start_gateway("gateway.log");
-    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
     let result = site.client(&python, &["direct", &site.address]);
     // Answered means committed: the table holds every accepted event before the gateway stops.
     let table = Location::new(site.path().join("lake/clicks").display().to_string());
@@ -479,7 +421,6 @@ fn a_gateway_with_a_certificate_serves_tls() {
     let folder = site.path().display().to_string();
     site.client(&python, &["certificate", &folder]);
     let mut gateway = site.start_gateway("gateway.log");
-    wait_until_listening(&site.address, &mut gateway, || site.log("gateway.log"));
     let result = site.client(&python, &["tls", &site.address, "--marker", &folder]);
     let id = result["accepted"][0]["id"].as_str().unwrap().to_string();
     let status = terminate(&mut gateway);

@@ -10,12 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -23,7 +21,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Produc
 
 mod common;
 
-use common::AdImpression;
+use common::{http_get, terminate, unique, wait_at_most, AdImpression};
 use protolake::location::Location;
 
 /// A broker for one test: the real one from the environment, or a mock cluster.
@@ -43,32 +41,13 @@ fn broker() -> Broker {
     }
 }
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A name no other test (or earlier run against the same broker) uses.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{nanos}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
 impl Broker {
     fn create_topic(&self, topic: &str, partitions: i32) {
         if let Some(mock) = &self.mock {
             mock.create_topic(topic, partitions, 1).expect("mock topic");
             return;
         }
-        let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", &self.servers).create().expect("admin client");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let results = runtime
-            .block_on(admin.create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
-            ))
-            .expect("create topics");
-        for r in results {
-            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
-        }
+        common::create_topic(&self.servers, topic, partitions);
     }
 
     /// One record per batch: the tansu broker answers a fetch at an offset inside a batch with
@@ -252,38 +231,6 @@ flush = {flush}
         let status = wait_at_most(&mut child, Duration::from_secs(300));
         assert!(status.success(), "ingest failed:\n{}", self.log(log_name));
     }
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn http_get(address: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint listening");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
-}
-
-fn wait_at_most(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("the daemon did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    wait_at_most(child, Duration::from_secs(120))
 }
 
 /// Column values of every row of the Delta table at `location` (a path or a URL).

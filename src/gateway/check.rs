@@ -109,10 +109,10 @@ impl KeyReader {
             if i > 0 {
                 out.push(0x1f);
             }
-            let (number, kind) = path.last().expect("a key path has a field").clone();
+            let (_, kind) = path.last().expect("a key path has a field");
             let mut last = None;
             find_last(bytes, path, &mut last);
-            render(&kind, number, last, &mut out);
+            render(kind, last, &mut out);
         }
         out
     }
@@ -154,7 +154,7 @@ enum Value<'a> {
     Bytes(&'a [u8]),
 }
 
-fn render(kind: &Kind, _number: u32, value: Option<Value<'_>>, out: &mut Vec<u8>) {
+fn render(kind: &Kind, value: Option<Value<'_>>, out: &mut Vec<u8>) {
     use std::io::Write as _;
     let _ = match (kind, value) {
         (Kind::String | Kind::Bytes, Some(Value::Bytes(b))) => {

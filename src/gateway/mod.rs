@@ -627,12 +627,8 @@ impl UnaryService<Bytes> for UnaryCall {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let (method, shared) = (self.method.clone(), self.shared.clone());
         Box::pin(async move {
-            let started = Instant::now();
             let deadline = deadline_of(request.metadata());
-            let work = unary(&method, &shared, request);
-            let result = with_deadline(deadline, work).await;
-            shared.metrics.observe_call(&method.name, result.as_ref().err().map_or(Code::Ok, Status::code), started);
-            result
+            observed(&method, &shared, deadline, unary(&method, &shared, request)).await
         })
     }
 }
@@ -649,14 +645,23 @@ impl ClientStreamingService<Bytes> for StreamCall {
     fn call(&mut self, request: tonic::Request<Streaming<Bytes>>) -> Self::Future {
         let (method, shared) = (self.method.clone(), self.shared.clone());
         Box::pin(async move {
-            let started = Instant::now();
             let deadline = deadline_of(request.metadata());
-            let work = stream(&method, &shared, request);
-            let result = with_deadline(deadline, work).await;
-            shared.metrics.observe_call(&method.name, result.as_ref().err().map_or(Code::Ok, Status::code), started);
-            result
+            observed(&method, &shared, deadline, stream(&method, &shared, request)).await
         })
     }
+}
+
+/// A gRPC call's work under its deadline, counted and timed in the metrics.
+async fn observed<T>(
+    method: &Method,
+    shared: &Shared,
+    deadline: Option<Duration>,
+    work: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    let started = Instant::now();
+    let result = with_deadline(deadline, work).await;
+    shared.metrics.observe_call(&method.name, result.as_ref().err().map_or(Code::Ok, Status::code), started);
+    result
 }
 
 /// The client's deadline (`grpc-timeout`), less a margin so the answer is DEADLINE_EXCEEDED
@@ -767,7 +772,16 @@ impl Shared {
 
     /// Waits for the broker's acknowledgement of one record: (partition, offset).
     async fn settle(&self, method: &Method, delivery: DeliveryFuture) -> Result<(i32, i64), Status> {
-        match delivery.await {
+        self.delivered(method, delivery.await)
+    }
+
+    /// What a delivery report says: (partition, offset), or the status of its failure.
+    fn delivered(
+        &self,
+        method: &Method,
+        report: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    ) -> Result<(i32, i64), Status> {
+        match report {
             Ok(Ok(d)) => Ok((d.partition, d.offset)),
             Ok(Err((e, _))) => Err(self.produce_error(method, &e)),
             Err(_) => Err(Status::unavailable("the producer stopped before the broker acknowledged the record")),
@@ -917,7 +931,7 @@ async fn stream(
                 None => break,
                 Some(result) => {
                     let (i, _) = waiting.pop_front().expect("front exists");
-                    settled(method, shared, i, result)?;
+                    shared.delivered(method, result).map_err(|s| at_event(s, i))?;
                     accepted += 1;
                 }
             }
@@ -941,19 +955,6 @@ async fn stream(
 
 async fn settle_event(method: &Method, shared: &Shared, index: u64, delivery: DeliveryFuture) -> Result<(), Status> {
     shared.settle(method, delivery).await.map(|_| ()).map_err(|s| at_event(s, index))
-}
-
-fn settled(
-    method: &Method,
-    shared: &Shared,
-    index: u64,
-    result: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
-) -> Result<(), Status> {
-    match result {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(at_event(shared.produce_error(method, &e), index)),
-        Err(_) => Err(at_event(Status::unavailable("the producer stopped before the broker acknowledged the record"), index)),
-    }
 }
 
 /// A stream's failure names the first event it concerns: the events before it that were
