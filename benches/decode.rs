@@ -295,8 +295,9 @@ fn main() {
 }
 
 /// What the rules cost per record: the flat event's bytes as `RuledFlatEvent` (seven
-/// buf.validate field rules, `proto/protolake/examples/v1/ruled.proto`), decoded alone and
-/// decoded then checked (every record valid, so every rule is evaluated).
+/// buf.validate field rules, `proto/protolake/examples/v1/ruled.proto`), decoded alone, decoded
+/// then checked (every record valid, so every rule is evaluated), and checked by protovalidate
+/// alone (without the rules read off the wire first).
 fn rules(flat: &[Vec<u8>], rounds: usize) {
     const MESSAGE: &str = "protolake.examples.v1.RuledFlatEvent";
     let mut compiler = protox::Compiler::new([Path::new(env!("CARGO_MANIFEST_DIR")).join("proto")]).unwrap();
@@ -314,6 +315,8 @@ fn rules(flat: &[Vec<u8>], rounds: usize) {
     };
     let broken = flat.iter().filter(|b| !validator.check(b).is_empty()).count();
     assert_eq!(broken, 0, "the bench's records are all valid");
+    assert!(validator.reads_wire_rules(), "the bench's rules are read off the wire");
+    let judge_alone = validator.without_wire_rules();
     println!(
         "\nbuf.validate: the flat event under 7 field rules (uuid, in, uri, ranges, len + pattern), {} records",
         flat.len()
@@ -326,10 +329,21 @@ fn rules(flat: &[Vec<u8>], rounds: usize) {
             black_box(validator.check(bytes));
         })
     };
-    let f = measure_interleaved(rounds, flat.len(), &mut [&mut plain, &mut checked]);
+    let mut alone_decoder = Decoder::new(&pool, MESSAGE, &DecodeOptions::default()).unwrap();
+    let mut alone = || {
+        decode_all(&mut alone_decoder, flat, |bytes| {
+            black_box(judge_alone.check(bytes));
+        })
+    };
+    let f = measure_interleaved(rounds, flat.len(), &mut [&mut plain, &mut checked, &mut alone]);
     report("(a) protolake decoder", &f[0], None);
     report("(b) decoder + buf.validate rules", &f[1], Some(&f[0]));
-    println!("  the rules add {:.0} ns a record", f[1].median_ns - f[0].median_ns);
+    report("(c) decoder + protovalidate alone", &f[2], Some(&f[0]));
+    println!(
+        "  the rules add {:.0} ns a record ({:.0} ns judged by protovalidate alone)",
+        f[1].median_ns - f[0].median_ns,
+        f[2].median_ns - f[0].median_ns
+    );
 }
 
 /// Decodes the records in batches of `BATCH` rows, handing each to `before` first; the rows

@@ -123,24 +123,32 @@ struct Numeric<T> {
     finite: bool,
 }
 
+/// A string field's rules, in the order they are checked (the cheap ones first).
 #[derive(Clone, Default)]
 struct StringRules {
-    konst: Option<String>,
-    len: Option<u64>,
-    min_len: Option<u64>,
-    max_len: Option<u64>,
-    len_bytes: Option<u64>,
-    min_bytes: Option<u64>,
-    max_bytes: Option<u64>,
-    pattern: Option<regex::Regex>,
-    prefix: Option<String>,
-    suffix: Option<String>,
-    contains: Option<String>,
-    not_contains: Option<String>,
-    one_of: Vec<String>,
-    none_of: Vec<String>,
-    uuid: bool,
-    uri: bool,
+    ops: Vec<StrOp>,
+    /// Some rule counts characters (code points), not bytes.
+    counts_chars: bool,
+}
+
+#[derive(Clone)]
+enum StrOp {
+    Const(String),
+    Len(u64),
+    MinLen(u64),
+    MaxLen(u64),
+    LenBytes(u64),
+    MinBytes(u64),
+    MaxBytes(u64),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    NotContains(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+    Uuid,
+    Uri,
+    Pattern(regex::Regex),
 }
 
 /// The `buf.validate` option extensions of the descriptor set.
@@ -384,24 +392,25 @@ impl StringRules {
     #[inline]
     fn passes(&self, s: &str) -> bool {
         let bytes = s.len() as u64;
-        let counted = self.len.is_some() || self.min_len.is_some() || self.max_len.is_some();
-        let chars = if counted { s.chars().count() as u64 } else { 0 };
-        self.konst.as_deref().is_none_or(|c| s == c)
-            && self.len.is_none_or(|n| chars == n)
-            && self.min_len.is_none_or(|n| chars >= n)
-            && self.max_len.is_none_or(|n| chars <= n)
-            && self.len_bytes.is_none_or(|n| bytes == n)
-            && self.min_bytes.is_none_or(|n| bytes >= n)
-            && self.max_bytes.is_none_or(|n| bytes <= n)
-            && self.prefix.as_deref().is_none_or(|p| s.starts_with(p))
-            && self.suffix.as_deref().is_none_or(|p| s.ends_with(p))
-            && self.contains.as_deref().is_none_or(|p| s.contains(p))
-            && self.not_contains.as_deref().is_none_or(|p| !s.contains(p))
-            && (self.one_of.is_empty() || self.one_of.iter().any(|o| o == s))
-            && !self.none_of.iter().any(|o| o == s)
-            && (!self.uuid || is_uuid(s.as_bytes()))
-            && (!self.uri || is_plain_uri(s.as_bytes()))
-            && self.pattern.as_ref().is_none_or(|p| p.is_match(s))
+        let chars = if self.counts_chars { s.chars().count() as u64 } else { bytes };
+        self.ops.iter().all(|op| match op {
+            StrOp::Const(c) => s == c,
+            StrOp::Len(n) => chars == *n,
+            StrOp::MinLen(n) => chars >= *n,
+            StrOp::MaxLen(n) => chars <= *n,
+            StrOp::LenBytes(n) => bytes == *n,
+            StrOp::MinBytes(n) => bytes >= *n,
+            StrOp::MaxBytes(n) => bytes <= *n,
+            StrOp::Prefix(p) => s.starts_with(p.as_str()),
+            StrOp::Suffix(p) => s.ends_with(p.as_str()),
+            StrOp::Contains(p) => s.contains(p.as_str()),
+            StrOp::NotContains(p) => !s.contains(p.as_str()),
+            StrOp::In(list) => list.iter().any(|o| o == s),
+            StrOp::NotIn(list) => !list.iter().any(|o| o == s),
+            StrOp::Uuid => is_uuid(s.as_bytes()),
+            StrOp::Uri => is_plain_uri(s.as_bytes()),
+            StrOp::Pattern(p) => p.is_match(s),
+        })
     }
 }
 
@@ -581,42 +590,100 @@ fn numeric<T: PartialOrd + Copy>(
 }
 
 fn string_rules(rules: &DynamicMessage) -> Option<StringRules> {
-    let mut s = StringRules::default();
     let text = |value: &Value| value.as_str().map(str::to_string);
     let count = |value: &Value| value.as_u64();
     let list = |value: &Value| -> Option<Vec<String>> { value.as_list()?.iter().map(text).collect() };
+    let mut ops = Vec::new();
     for (rule, value) in rules.fields() {
-        match rule.name() {
-            "const" => s.konst = Some(text(value)?),
-            "len" => s.len = Some(count(value)?),
-            "min_len" => s.min_len = Some(count(value)?),
-            "max_len" => s.max_len = Some(count(value)?),
-            "len_bytes" => s.len_bytes = Some(count(value)?),
-            "min_bytes" => s.min_bytes = Some(count(value)?),
-            "max_bytes" => s.max_bytes = Some(count(value)?),
+        ops.push(match rule.name() {
+            "const" => StrOp::Const(text(value)?),
+            "len" => StrOp::Len(count(value)?),
+            "min_len" => StrOp::MinLen(count(value)?),
+            "max_len" => StrOp::MaxLen(count(value)?),
+            "len_bytes" => StrOp::LenBytes(count(value)?),
+            "min_bytes" => StrOp::MinBytes(count(value)?),
+            "max_bytes" => StrOp::MaxBytes(count(value)?),
             // protovalidate compiles the pattern with the same regex crate.
-            "pattern" => s.pattern = Some(regex::Regex::new(value.as_str()?).ok()?),
-            "prefix" => s.prefix = Some(text(value)?),
-            "suffix" => s.suffix = Some(text(value)?),
-            "contains" => s.contains = Some(text(value)?),
-            "not_contains" => s.not_contains = Some(text(value)?),
-            "in" => s.one_of = list(value)?,
-            "not_in" => s.none_of = list(value)?,
-            "uuid" if value.as_bool()? => s.uuid = true,
-            "uri" if value.as_bool()? => s.uri = true,
+            "pattern" => StrOp::Pattern(regex::Regex::new(value.as_str()?).ok()?),
+            "prefix" => StrOp::Prefix(text(value)?),
+            "suffix" => StrOp::Suffix(text(value)?),
+            "contains" => StrOp::Contains(text(value)?),
+            "not_contains" => StrOp::NotContains(text(value)?),
+            "in" => StrOp::In(list(value)?),
+            "not_in" => StrOp::NotIn(list(value)?),
+            "uuid" if value.as_bool()? => StrOp::Uuid,
+            "uri" if value.as_bool()? => StrOp::Uri,
             // `strict` only qualifies the well-known regexes, which have no plan.
-            "strict" | "example" => {}
+            "strict" | "example" => continue,
             _ => return None,
-        }
+        });
     }
-    Some(s)
+    // Lengths and lists before the scans, the pattern last.
+    ops.sort_by_key(|op| match op {
+        StrOp::Len(_) | StrOp::MinLen(_) | StrOp::MaxLen(_) => 0,
+        StrOp::LenBytes(_) | StrOp::MinBytes(_) | StrOp::MaxBytes(_) => 0,
+        StrOp::Const(_) | StrOp::Prefix(_) | StrOp::Suffix(_) => 1,
+        StrOp::In(_) | StrOp::NotIn(_) => 2,
+        StrOp::Contains(_) | StrOp::NotContains(_) | StrOp::Uuid | StrOp::Uri => 3,
+        StrOp::Pattern(_) => 4,
+    });
+    let counts_chars = ops.iter().any(|op| matches!(op, StrOp::Len(_) | StrOp::MinLen(_) | StrOp::MaxLen(_)));
+    Some(StringRules { ops, counts_chars })
 }
+
+/// The characters of a plain URI's path, query and fragment besides `%` escapes and the one
+/// `#`: RFC 3986's unreserved characters, sub-delimiters and `:@/?`.
+const URI_TAIL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+                    | b':' | b'@' | b'/' | b'?'
+            );
+        c += 1;
+    }
+    table
+};
+
+/// The characters of a plain URI's host: letters, digits and `-._~`.
+const URI_HOST: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        c += 1;
+    }
+    table
+};
 
 /// `8-4-4-4-12` hex digits, either case: protovalidate's `uuid`.
 fn is_uuid(s: &[u8]) -> bool {
-    s.len() == 36
-        && s.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() })
+    if s.len() != 36 || s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
+        return false;
+    }
+    // Every byte a hex digit or '-', and exactly the four dashes above: no branch per byte.
+    let (mut ok, mut dashes) = (true, 0u32);
+    for &c in s {
+        ok &= HEX_OR_DASH[c as usize];
+        dashes += u32::from(c == b'-');
+    }
+    ok && dashes == 4
 }
+
+const HEX_OR_DASH: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        table[c] = (c as u8).is_ascii_hexdigit() || c as u8 == b'-';
+        c += 1;
+    }
+    table
+};
 
 /// A plain absolute URI: `scheme://host[:port][/path][?query][#fragment]`, with a host of
 /// letters, digits and `-._~`, a port of at most 65535, and a path, query and fragment of RFC
@@ -636,7 +703,7 @@ fn is_plain_uri(s: &[u8]) -> bool {
     }
     i += 3;
     let host = i;
-    while i < s.len() && (s[i].is_ascii_alphanumeric() || matches!(s[i], b'-' | b'.' | b'_' | b'~')) {
+    while i < s.len() && URI_HOST[s[i] as usize] {
         i += 1;
     }
     if i == host {
@@ -657,9 +724,14 @@ fn is_plain_uri(s: &[u8]) -> bool {
     if i < s.len() && !matches!(s[i], b'/' | b'?' | b'#') {
         return false;
     }
+    // The common case first, without a branch per byte: no escape, no fragment.
+    if s[i..].iter().fold(true, |ok, &c| ok & URI_TAIL[c as usize]) {
+        return true;
+    }
     let mut fragment = false;
     while i < s.len() {
         match s[i] {
+            c if URI_TAIL[c as usize] => {}
             b'%' => {
                 if !(s.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
                     return false;
@@ -667,11 +739,7 @@ fn is_plain_uri(s: &[u8]) -> bool {
                 i += 3;
                 continue;
             }
-            b'#' if fragment => return false,
-            b'#' => fragment = true,
-            c if c.is_ascii_alphanumeric() => {}
-            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-            | b':' | b'@' | b'/' | b'?' => {}
+            b'#' if !fragment => fragment = true,
             _ => return false,
         }
         i += 1;
