@@ -321,6 +321,9 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
     let mut gateway = site.start_gateway("gateway.log");
     site.client(&python, &["health", &site.address, "--expect", "SERVING"]);
     site.client(&python, &["unary", &site.address, "--expect", "ok"]);
+    // A stream through a queue of one record: each event waits for the one before it.
+    let streamed = site.client(&python, &["stream", &site.address, "--expect", "ok", "--events", "40"]);
+    assert_eq!(streamed["accepted"].as_array().unwrap().len(), 40);
 
     broker.kill().unwrap();
     broker.wait().unwrap();
@@ -332,6 +335,8 @@ fn a_broker_that_goes_away_fails_calls_unavailable_and_health_follows() {
     // A full produce queue (max_in_flight = 1) refuses at once, with RetryInfo.
     site.client(&python, &["unary", &site.address, "--expect", "queue-full"]);
     site.client(&python, &["unary", &site.address, "--expect", "deadline"]);
+    // A stream's first event is never acknowledged: the stream fails naming it.
+    site.client(&python, &["stream", &site.address, "--expect", "unavailable", "--events", "5"]);
 
     // A broker back on the address, without the topic (in-memory storage): still NOT_SERVING,
     // as records for it would time out; with the topic, health follows. (This broker has also

@@ -105,6 +105,13 @@ impl KeyReader {
     /// The key of a record that passed the check (so it parses).
     pub fn read(&self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
+        self.read_into(bytes, &mut out);
+        out
+    }
+
+    /// [`read`](Self::read) into a buffer of the caller's (cleared first).
+    pub fn read_into(&self, bytes: &[u8], out: &mut Vec<u8>) {
+        out.clear();
         for (i, path) in self.paths.iter().enumerate() {
             if i > 0 {
                 out.push(0x1f);
@@ -112,9 +119,8 @@ impl KeyReader {
             let (_, kind) = path.last().expect("a key path has a field");
             let mut last = None;
             find_last(bytes, path, &mut last);
-            render(kind, last, &mut out);
+            render(kind, last, out);
         }
-        out
     }
 }
 

@@ -20,7 +20,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,7 +29,10 @@ use bytes::Bytes;
 use prost_reflect::DescriptorPool;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+    ThreadedProducer,
+};
 use tonic::codec::{CompressionEncoding, DecodeBuf, EncodeBuf};
 use tonic::metadata::MetadataMap;
 use tonic::server::{ClientStreamingService, Grpc, UnaryService};
@@ -122,20 +125,95 @@ impl Method {
     }
 }
 
-/// The gateway's producers: one for unary calls, one for streams (they differ in `linger.ms`).
+/// The gateway's producers: one for unary calls, one for streams (they differ in `linger.ms`,
+/// and a stream's records are counted as they are acknowledged, not awaited one by one).
 struct Producers {
     calls: FutureProducer,
-    streams: FutureProducer,
+    streams: ThreadedProducer<StreamContext>,
 }
 
-/// An idempotent `acks=all` producer with the `[kafka]` connection properties; `linger_ms`
-/// unless the properties set it.
-fn producer(
+/// The acknowledgements of one client stream's records, counted by the producer's delivery
+/// reports (no future, no channel per record).
+#[derive(Default)]
+struct StreamAcks {
+    /// Records handed to the producer and not yet acknowledged or failed.
+    pending: AtomicU64,
+    acknowledged: AtomicU64,
+    /// Whether any record failed (read on every event; `failure` holds which).
+    failed: AtomicBool,
+    /// The failure of the stream's earliest failed record: (its index, the error).
+    failure: std::sync::Mutex<Option<(u64, KafkaError)>>,
+    /// The stream's task is waiting for an acknowledgement (it is woken by `wake`).
+    waiting: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+/// What the producer hands back with a stream record's delivery report.
+struct StreamRecord {
+    acks: Arc<StreamAcks>,
+    index: u64,
+}
+
+struct StreamContext;
+
+impl rdkafka::ClientContext for StreamContext {}
+
+impl ProducerContext for StreamContext {
+    type DeliveryOpaque = Box<StreamRecord>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, record: Box<StreamRecord>) {
+        let StreamRecord { acks, index } = *record;
+        match result {
+            Ok(_) => {
+                acks.acknowledged.fetch_add(1, Ordering::SeqCst);
+            }
+            Err((e, _)) => {
+                let mut failure = acks.failure.lock().unwrap_or_else(|p| p.into_inner());
+                if failure.as_ref().is_none_or(|(first, _)| index < *first) {
+                    *failure = Some((index, e.clone()));
+                }
+                acks.failed.store(true, Ordering::SeqCst);
+            }
+        }
+        acks.pending.fetch_sub(1, Ordering::SeqCst);
+        if acks.waiting.load(Ordering::SeqCst) {
+            acks.wake.notify_one();
+        }
+    }
+}
+
+impl StreamAcks {
+    /// Waits until fewer than `than` of the stream's records are pending.
+    async fn pending_below(&self, than: u64) {
+        loop {
+            self.waiting.store(true, Ordering::SeqCst);
+            let woken = self.wake.notified();
+            if self.pending.load(Ordering::SeqCst) < than {
+                break;
+            }
+            woken.await;
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// The stream's earliest failed record, as the status its call fails with.
+    fn failure(&self, method: &Method, shared: &Shared) -> Option<Status> {
+        if !self.failed.load(Ordering::SeqCst) {
+            return None;
+        }
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.as_ref().map(|(index, e)| at_event(shared.produce_error(method, e), *index))
+    }
+}
+
+/// The producer settings of the gateway: an idempotent `acks=all` producer with the `[kafka]`
+/// connection properties; `linger_ms` unless the properties set it.
+fn producer_settings(
     kafka: &KafkaConfig,
     config: &GatewayConfig,
     client_id: &str,
     linger_ms: &str,
-) -> Result<FutureProducer, KafkaError> {
+) -> rdkafka::ClientConfig {
     let mut producer = producer_config(kafka);
     if !kafka.properties.contains_key("linger.ms") && !kafka.properties.contains_key("queue.buffering.max.ms") {
         producer.set("linger.ms", linger_ms);
@@ -146,7 +224,7 @@ fn producer(
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", config.produce_timeout.as_millis().max(1).to_string())
         .set("queue.buffering.max.messages", config.max_in_flight.to_string());
-    producer.create()
+    producer
 }
 
 /// What every call shares.
@@ -238,8 +316,9 @@ impl Gateway {
             // most of its answer time. A stream's events fill batches, and larger ones cost the
             // producer less per record (at 1 ms it spent a quarter more CPU per streamed event).
             Some(Producers {
-                calls: producer(kafka, config, "protolake-gateway", "1")?,
-                streams: producer(kafka, config, "protolake-gateway-streams", "5")?,
+                calls: producer_settings(kafka, config, "protolake-gateway", "1").create()?,
+                streams: producer_settings(kafka, config, "protolake-gateway-streams", "5")
+                    .create_with_context(StreamContext)?,
             })
         } else {
             None
@@ -413,12 +492,18 @@ impl Gateway {
         // Whatever was handed to the producer is delivered (or times out) before the exit.
         let mut unflushed = 0;
         if let Some(producers) = &self.shared.producer {
-            for producer in [producers.calls.clone(), producers.streams.clone()] {
-                let flushing = producer.clone();
-                if !matches!(tokio::task::spawn_blocking(move || flushing.flush(drain_timeout)).await, Ok(Ok(()))) {
-                    unflushed += producer.in_flight_count().max(0) as u64;
-                }
-            }
+            let calls = producers.calls.clone();
+            let streams = producers.streams.clone();
+            let flushed = tokio::task::spawn_blocking(move || {
+                let unflushed = |flushed: rdkafka::error::KafkaResult<()>, in_flight: i32| match flushed {
+                    Ok(()) => 0,
+                    Err(_) => in_flight.max(0) as u64,
+                };
+                unflushed(calls.flush(drain_timeout), calls.in_flight_count())
+                    + unflushed(streams.flush(drain_timeout), streams.in_flight_count())
+            })
+            .await;
+            unflushed += flushed.unwrap_or(0);
         }
         served?;
         Ok(GatewayReport {
@@ -747,18 +832,11 @@ fn headers(idempotency: Option<&str>, stream_index: Option<u64>) -> Option<Owned
 }
 
 impl Shared {
-    /// Hands one record to the producer of calls, or of streams (`stream`).
-    fn send(
-        &self,
-        method: &Method,
-        bytes: &[u8],
-        headers: Option<OwnedHeaders>,
-        stream: bool,
-    ) -> Result<DeliveryFuture, KafkaError> {
+    /// Hands one record of a unary call to the producer of calls.
+    fn send(&self, method: &Method, bytes: &[u8], headers: Option<OwnedHeaders>) -> Result<DeliveryFuture, KafkaError> {
         let (Target::Topic(topic), Some(producers)) = (&method.target, &self.producer) else {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument));
         };
-        let producer = if stream { &producers.streams } else { &producers.calls };
         let key = method.key.as_ref().map(|k| k.read(bytes));
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(bytes);
         if let Some(k) = &key {
@@ -767,7 +845,38 @@ impl Shared {
         if let Some(h) = headers {
             record = record.headers(h);
         }
-        producer.send_result(record).map_err(|(e, _)| e)
+        producers.calls.send_result(record).map_err(|(e, _)| e)
+    }
+
+    /// Hands one event of a stream to the producer of streams; its delivery report is
+    /// counted in `acks`. `key` is a buffer for the record's key.
+    fn send_event(
+        &self,
+        method: &Method,
+        bytes: &[u8],
+        headers: Option<OwnedHeaders>,
+        acks: &Arc<StreamAcks>,
+        index: u64,
+        key: &mut Vec<u8>,
+    ) -> Result<(), KafkaError> {
+        let (Target::Topic(topic), Some(producers)) = (&method.target, &self.producer) else {
+            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument));
+        };
+        let opaque = Box::new(StreamRecord { acks: acks.clone(), index });
+        let mut record: BaseRecord<'_, [u8], [u8], Box<StreamRecord>> =
+            BaseRecord::with_opaque_to(topic, opaque).payload(bytes);
+        if let Some(k) = &method.key {
+            k.read_into(bytes, key);
+            record = record.key(key.as_slice());
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        acks.pending.fetch_add(1, Ordering::SeqCst);
+        producers.streams.send(record).map_err(|(e, _)| {
+            acks.pending.fetch_sub(1, Ordering::SeqCst);
+            e
+        })
     }
 
     /// Waits for the broker's acknowledgement of one record: (partition, offset).
@@ -866,7 +975,7 @@ async fn unary(method: &Method, shared: &Shared, request: tonic::Request<Bytes>)
         return Ok(response);
     }
     let delivery = shared
-        .send(method, &bytes, headers(idempotency.as_deref(), None), false)
+        .send(method, &bytes, headers(idempotency.as_deref(), None))
         .map_err(|e| shared.produce_error(method, &e))?;
     let (partition, offset) = shared.settle(method, delivery).await?;
     let mut response = tonic::Response::new(method.reply.unary(partition, offset));
@@ -887,8 +996,8 @@ async fn stream(
     let idempotency = idempotency_key(request.metadata());
     let mut events = request.into_inner();
     let mut refused: Vec<(u64, Vec<Violation>)> = Vec::new();
-    let mut waiting: std::collections::VecDeque<(u64, DeliveryFuture)> = std::collections::VecDeque::new();
-    let mut accepted = 0u64;
+    let acks = Arc::new(StreamAcks::default());
+    let mut key = Vec::new();
     let mut index = 0u64;
     let mut refused_count = 0u64;
     let mut checker = method.checkers.take()?;
@@ -901,22 +1010,31 @@ async fn stream(
                 index += 1;
                 continue;
             }
+            // An event's position travels with the idempotency key: the two name it.
+            let position = idempotency.as_ref().map(|_| index);
+            let mut full_since = None;
             loop {
-                match shared.send(method, &bytes, headers(idempotency.as_deref(), Some(index)), true) {
-                    Ok(delivery) => {
-                        waiting.push_back((index, delivery));
-                        break;
-                    }
-                    // The queue is full: wait for the oldest record of this stream, then retry.
+                match shared.send_event(method, &bytes, headers(idempotency.as_deref(), position), &acks, index, &mut key)
+                {
+                    Ok(()) => break,
+                    // The queue is full: wait for a record of this stream to be acknowledged,
+                    // or (none pending) for room, up to the produce timeout; then retry.
                     Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                        let Some((i, oldest)) = waiting.pop_front() else {
-                            return Err(shared.produce_error(method, &e));
-                        };
-                        settle_event(method, shared, i, oldest).await?;
-                        accepted += 1;
+                        let pending = acks.pending.load(Ordering::SeqCst);
+                        if pending > 0 {
+                            acks.pending_below(pending).await;
+                            continue;
+                        }
+                        if full_since.get_or_insert_with(std::time::Instant::now).elapsed() > shared.produce_timeout {
+                            return Err(at_event(shared.produce_error(method, &e), index));
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
-                    Err(e) => return Err(shared.produce_error(method, &e)),
+                    Err(e) => return Err(at_event(shared.produce_error(method, &e), index)),
                 }
+            }
+            if let Some(status) = acks.failure(method, shared) {
+                return Err(status);
             }
         } else {
             refused_count += 1;
@@ -925,23 +1043,13 @@ async fn stream(
             }
         }
         index += 1;
-        // Acknowledged records need not wait in the queue of this call.
-        while let Some((_, front)) = waiting.front_mut() {
-            match futures::FutureExt::now_or_never(&mut *front) {
-                None => break,
-                Some(result) => {
-                    let (i, _) = waiting.pop_front().expect("front exists");
-                    shared.delivered(method, result).map_err(|s| at_event(s, i))?;
-                    accepted += 1;
-                }
-            }
-        }
     }
     drop(checker);
-    for (i, delivery) in waiting {
-        settle_event(method, shared, i, delivery).await?;
-        accepted += 1;
+    acks.pending_below(1).await;
+    if let Some(status) = acks.failure(method, shared) {
+        return Err(status);
     }
+    let mut accepted = acks.acknowledged.load(Ordering::SeqCst);
     for (i, commit) in committing {
         direct::DirectSink::committed(commit).await.map_err(|s| at_event(s, i))?;
         accepted += 1;
@@ -951,10 +1059,6 @@ async fn stream(
     md.insert("protolake-accepted", accepted.into());
     md.insert("protolake-refused", refused_count.into());
     Ok(response)
-}
-
-async fn settle_event(method: &Method, shared: &Shared, index: u64, delivery: DeliveryFuture) -> Result<(), Status> {
-    shared.settle(method, delivery).await.map(|_| ()).map_err(|s| at_event(s, index))
 }
 
 /// A stream's failure names the first event it concerns: the events before it that were

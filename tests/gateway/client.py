@@ -316,6 +316,23 @@ def scenario_slow_stream(addr, events, marker):
     print(json.dumps({"accepted": [{"id": i} for i in sent]}))
 
 
+def scenario_stream(addr, expect, events):
+    """A stream through a produce queue of one record (max_in_flight = 1): each event waits for
+    the one before it, and all are accepted; with the broker gone, the stream fails UNAVAILABLE
+    naming its first unacknowledged event."""
+    stub = pb_grpc.ClickServiceStub(grpc.insecure_channel(addr))
+    sent = [click() for _ in range(events)]
+    md = [("authorization", "Bearer stream-secret")]
+    if expect == "ok":
+        reply = stub.TrackStream(iter(sent), metadata=md, timeout=120)
+        assert reply.accepted == events and not reply.refused, (reply.accepted, len(reply.refused))
+        print(json.dumps({"accepted": [{"id": m.click_id} for m in sent]}))
+        return
+    e = expect_refused(stub.TrackStream, grpc.StatusCode.UNAVAILABLE, iter(sent), metadata=md, timeout=60)
+    assert e.details().startswith("event 0 of the stream:") and "acknowledge" in e.details(), e.details()
+    print(json.dumps({"refused": [m.click_id for m in sent]}))
+
+
 def scenario_direct(addr):
     """Direct mode: calls answered after the commit that holds their record."""
     channel = grpc.insecure_channel(addr)
@@ -404,7 +421,9 @@ def scenario_health(addr, expect, within):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["all", "unary", "health", "slow-stream", "direct", "tls", "certificate"])
+    p.add_argument(
+        "scenario", choices=["all", "unary", "stream", "health", "slow-stream", "direct", "tls", "certificate"]
+    )
     p.add_argument("addr")
     p.add_argument("--expect", default="ok")
     p.add_argument("--within", type=float, default=30)
@@ -425,6 +444,8 @@ def main():
         scenario_slow_stream(a.addr, a.events, a.marker)
     elif a.scenario == "unary":
         scenario_unary(a.addr, a.expect)
+    elif a.scenario == "stream":
+        scenario_stream(a.addr, a.expect, a.events)
     else:
         scenario_health(a.addr, a.expect, a.within)
 
