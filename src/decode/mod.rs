@@ -182,6 +182,19 @@ impl Decoder {
         }
     }
 
+    /// The rows decoded since the last flush.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Takes back every row after the first `rows`, as if their records had never been offered.
+    pub fn truncate(&mut self, rows: usize) {
+        if rows < self.rows {
+            self.rows = rows;
+            self.root.truncate(rows);
+        }
+    }
+
     /// Takes the decoded rows as a batch; the decoder keeps its buffers' capacity.
     pub fn flush(&mut self) -> Result<RecordBatch, ArrowError> {
         let rows = std::mem::take(&mut self.rows);

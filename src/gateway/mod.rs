@@ -207,7 +207,8 @@ impl StreamAcks {
 }
 
 /// The producer settings of the gateway: an idempotent `acks=all` producer with the `[kafka]`
-/// connection properties; `linger_ms` unless the properties set it.
+/// connection properties; `linger_ms` and the Java clients' partitioner unless the properties
+/// set them.
 fn producer_settings(
     kafka: &KafkaConfig,
     config: &GatewayConfig,
@@ -217,6 +218,11 @@ fn producer_settings(
     let mut producer = producer_config(kafka);
     if !kafka.properties.contains_key("linger.ms") && !kafka.properties.contains_key("queue.buffering.max.ms") {
         producer.set("linger.ms", linger_ms);
+    }
+    // Keys go to the partitions the Java clients (Kafka Streams, Connect) choose for them, with
+    // a hash cheaper per record than librdkafka's default CRC-32 (zlib's, on the key).
+    if !kafka.properties.contains_key("partitioner") {
+        producer.set("partitioner", "murmur2_random");
     }
     producer
         .set("client.id", client_id)
