@@ -225,6 +225,80 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A lighter [`Reader`] for the passes that only look (the gateway's key, the rules read off the
+/// wire): None wherever the bytes do not read, with no error built, and groups not skipped (such
+/// a record takes the full path, whose decoder says what is wrong).
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    /// A tag: (field number, wire type); None for number 0, beyond 2^29-1, or wire type 6 or 7.
+    #[inline(always)]
+    pub fn tag(&mut self) -> Option<(u32, u8)> {
+        let tag = self.varint()?;
+        let (number, wire_type) = (tag >> 3, (tag & 7) as u8);
+        (number != 0 && number <= u64::from(u32::MAX >> 3) && wire_type <= 5).then_some((number as u32, wire_type))
+    }
+
+    #[inline(always)]
+    pub fn varint(&mut self) -> Option<u64> {
+        let b0 = *self.buf.get(self.pos)?;
+        if b0 < 0x80 {
+            self.pos += 1;
+            return Some(u64::from(b0));
+        }
+        let mut value = u64::from(b0 & 0x7f);
+        for i in 1..10 {
+            let b = *self.buf.get(self.pos + i)?;
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                // The tenth byte holds bit 63 alone.
+                if i == 9 && b > 1 {
+                    return None;
+                }
+                self.pos += i + 1;
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    #[inline(always)]
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(bytes)
+    }
+
+    #[inline(always)]
+    pub fn delimited(&mut self) -> Option<&'a [u8]> {
+        let n = usize::try_from(self.varint()?).ok()?;
+        self.take(n)
+    }
+
+    #[inline]
+    pub fn skip(&mut self, wire_type: u8) -> Option<()> {
+        match wire_type {
+            VARINT => self.varint().map(drop),
+            I64 => self.take(8).map(drop),
+            I32 => self.take(4).map(drop),
+            LEN => self.delimited().map(drop),
+            _ => None,
+        }
+    }
+}
+
 #[inline]
 pub fn zigzag32(v: u32) -> i32 {
     ((v >> 1) as i32) ^ -((v & 1) as i32)

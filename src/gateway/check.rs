@@ -8,7 +8,7 @@ use prost::Message as _;
 use prost_reflect::{Kind, MessageDescriptor};
 use tonic::{Code, Status};
 
-use crate::decode::wire::{zigzag32, zigzag64, Reader};
+use crate::decode::wire::{zigzag32, zigzag64, Cursor, I32, I64, LEN, VARINT};
 use crate::pipeline::{TablePipeline, TOO_LARGE};
 use crate::validate::Violation;
 
@@ -127,23 +127,23 @@ impl KeyReader {
 /// The last value of the field at `path` (last one wins, as protobuf merges messages).
 fn find_last<'a>(bytes: &'a [u8], path: &[(u32, Kind)], last: &mut Option<Value<'a>>) {
     let Some(((number, _), rest)) = path.split_first() else { return };
-    let mut r = Reader::new(bytes);
-    while !r.is_empty() {
-        let Ok((n, wire_type)) = r.read_tag() else { return };
+    let mut c = Cursor::new(bytes);
+    while !c.is_empty() {
+        let Some((n, wire_type)) = c.tag() else { return };
         if n != *number {
-            if r.skip(n, wire_type).is_err() {
+            if c.skip(wire_type).is_none() {
                 return;
             }
             continue;
         }
         let value = match wire_type {
-            0 => r.read_varint().map(Value::Varint),
-            1 => r.read_fixed64().map(Value::Fixed64),
-            2 => r.read_len().map(|l| Value::Bytes(l.rest())),
-            5 => r.read_fixed32().map(Value::Fixed32),
+            VARINT => c.varint().map(Value::Varint),
+            I64 => c.take(8).map(|b| Value::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))),
+            LEN => c.delimited().map(Value::Bytes),
+            I32 => c.take(4).map(|b| Value::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))),
             _ => return,
         };
-        let Ok(value) = value else { return };
+        let Some(value) = value else { return };
         match (rest.is_empty(), value) {
             (true, v) => *last = Some(v),
             (false, Value::Bytes(inner)) => find_last(inner, rest, last),

@@ -17,7 +17,7 @@
 
 use prost_reflect::{DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value};
 
-use crate::decode::wire::{zigzag32, zigzag64, I32, I64, LEN, VARINT};
+use crate::decode::wire::{zigzag32, zigzag64, Cursor, I32, I64, LEN, VARINT};
 
 /// Rule fields whose last values are kept on the stack; a plan with more uses the heap.
 const INLINE: usize = 32;
@@ -43,63 +43,6 @@ enum Raw<'a> {
     Fixed32(u32),
     Fixed64(u64),
     Len(&'a [u8]),
-}
-
-/// A cursor over a record's bytes that answers None wherever they do not read as the plan
-/// expects (the record then goes to protovalidate, and the decoder says what is wrong). Groups
-/// are not skipped: a record holding one goes to protovalidate too.
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    #[inline(always)]
-    fn varint(&mut self) -> Option<u64> {
-        let b0 = *self.buf.get(self.pos)?;
-        if b0 < 0x80 {
-            self.pos += 1;
-            return Some(u64::from(b0));
-        }
-        let mut value = u64::from(b0 & 0x7f);
-        for i in 1..10 {
-            let b = *self.buf.get(self.pos + i)?;
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b < 0x80 {
-                // The tenth byte holds bit 63 alone.
-                if i == 9 && b > 1 {
-                    return None;
-                }
-                self.pos += i + 1;
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    #[inline(always)]
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let bytes = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(bytes)
-    }
-
-    #[inline(always)]
-    fn delimited(&mut self) -> Option<&'a [u8]> {
-        let n = usize::try_from(self.varint()?).ok()?;
-        self.take(n)
-    }
-
-    #[inline]
-    fn skip(&mut self, wire_type: u8) -> Option<()> {
-        match wire_type {
-            VARINT => self.varint().map(drop),
-            I64 => self.take(8).map(drop),
-            I32 => self.take(4).map(drop),
-            LEN => self.delimited().map(drop),
-            _ => None,
-        }
-    }
 }
 
 /// What an absent field means for its rules.
@@ -297,13 +240,9 @@ impl WireRules {
 
     /// Notes the last value of every rule field (the last one wins, as protobuf merges).
     fn read<'a>(&self, bytes: &'a [u8], last: &mut [Raw<'a>]) -> bool {
-        let mut c = Cursor { buf: bytes, pos: 0 };
-        while c.pos < bytes.len() {
-            let Some(tag) = c.varint() else { return false };
-            let (number, wire_type) = ((tag >> 3) as u32, (tag & 7) as u8);
-            if number == 0 || tag >> 3 > u64::from(u32::MAX >> 3) {
-                return false;
-            }
+        let mut c = Cursor::new(bytes);
+        while !c.is_empty() {
+            let Some((number, wire_type)) = c.tag() else { return false };
             let Some(slot) = self.slot(number) else {
                 if c.skip(wire_type).is_none() {
                     return false;
