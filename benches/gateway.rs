@@ -2,7 +2,8 @@
 //! own) serving `protolake.examples.v1.FlatTrackService` (the 8-field flat event under seven
 //! buf.validate rules, `proto/protolake/examples/v1/ruled.proto`), driven by a tonic load client
 //! in this process, publishing to a real broker; and, in the same run, the broker's own produce
-//! rate (a bare librdkafka producer with the gateway's settings: idempotent, `acks=all`).
+//! rate (a bare librdkafka producer with the settings of the gateway's stream producer:
+//! idempotent, `acks=all`, its linger.ms and partitioner).
 //!
 //! Run: `PROTOLAKE_KAFKA_BROKERS=127.0.0.1:19092 cargo bench --bench gateway` (options:
 //! `-- --events N` streamed (default 400,000), `--streams S` concurrent client streams (4),
@@ -24,13 +25,33 @@ use prost::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext};
 use protolake::gateway::RawCodec as Raw;
 
 mod common;
 
 use common::{arg, flat_event};
 
+
+/// Delivery reports counted, for the bare producer.
+#[derive(Default)]
+struct Counted {
+    done: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl rdkafka::ClientContext for Counted {}
+
+impl ProducerContext for Counted {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// User + system CPU seconds of process `pid`.
 fn cpu_of(pid: u32) -> f64 {
@@ -98,37 +119,37 @@ fn main() {
         if rules { "7 buf.validate rules + the decoder's checks" } else { "no rules: the decoder's checks only" }
     );
 
-    // The broker's own produce rate, with the gateway's producer settings.
-    let bare: FutureProducer = ClientConfig::new()
+    // The broker's own produce rate, with the settings of the gateway's stream producer
+    // (idempotent, acks=all, its linger.ms and partitioner), as librdkafka's own performance
+    // tool drives it: send until the queue is full, then serve delivery reports.
+    let bare: BaseProducer<Counted> = ClientConfig::new()
         .set("bootstrap.servers", &servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("linger.ms", linger.unwrap_or(5).to_string())
+        .set("partitioner", "murmur2_random")
         .set("queue.buffering.max.messages", "100000")
-        .create()
+        .create_with_context(Counted::default())
         .unwrap();
     let bare_topic = format!("{topic}-bare");
     let started = Instant::now();
-    runtime.block_on(async {
-        let mut waiting = std::collections::VecDeque::new();
-        for (i, p) in payloads.iter().take(events).enumerate() {
-            let key = i.to_string();
-            loop {
-                match bare.send_result(FutureRecord::to(&bare_topic).payload(p.as_ref()).key(&key)) {
-                    Ok(f) => {
-                        waiting.push_back(f);
-                        break;
-                    }
-                    Err(_) => {
-                        let f: rdkafka::producer::DeliveryFuture = waiting.pop_front().expect("queue full with nothing waiting");
-                        f.await.unwrap().unwrap();
-                    }
+    for (i, p) in payloads.iter().take(events).enumerate() {
+        let key = i.to_string();
+        let mut record = BaseRecord::to(&bare_topic).payload(p.as_ref()).key(&key);
+        loop {
+            match bare.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    bare.poll(Duration::from_millis(1));
                 }
             }
         }
-        for f in waiting {
-            f.await.unwrap().unwrap();
-        }
-    });
+    }
+    while bare.context().done.load(std::sync::atomic::Ordering::Relaxed) < events as u64 {
+        bare.poll(Duration::from_millis(10));
+    }
+    assert_eq!(bare.context().failed.load(std::sync::atomic::Ordering::Relaxed), 0, "the broker refused records");
     let bare_rate = events as f64 / started.elapsed().as_secs_f64();
     println!("broker produce-only: {events} records in {:.2} s = {:.0} records/s", started.elapsed().as_secs_f64(), bare_rate);
     drop(bare);

@@ -143,8 +143,9 @@ struct StreamAcks {
     failed: AtomicBool,
     /// The failure of the stream's earliest failed record: (its index, the error).
     failure: std::sync::Mutex<Option<(u64, KafkaError)>>,
-    /// The stream's task is waiting for an acknowledgement (it is woken by `wake`).
-    waiting: AtomicBool,
+    /// The stream's task waits until fewer records than this are pending (0: it does not
+    /// wait); `wake` wakes it.
+    wake_below: AtomicU64,
     wake: tokio::sync::Notify,
 }
 
@@ -175,25 +176,26 @@ impl ProducerContext for StreamContext {
                 acks.failed.store(true, Ordering::SeqCst);
             }
         }
-        acks.pending.fetch_sub(1, Ordering::SeqCst);
-        if acks.waiting.load(Ordering::SeqCst) {
+        let left = acks.pending.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left < acks.wake_below.load(Ordering::SeqCst) {
             acks.wake.notify_one();
         }
     }
 }
 
 impl StreamAcks {
-    /// Waits until fewer than `than` of the stream's records are pending.
+    /// Waits until fewer than `than` of the stream's records are pending (woken once, not at
+    /// every acknowledgement).
     async fn pending_below(&self, than: u64) {
+        self.wake_below.store(than, Ordering::SeqCst);
         loop {
-            self.waiting.store(true, Ordering::SeqCst);
             let woken = self.wake.notified();
             if self.pending.load(Ordering::SeqCst) < than {
                 break;
             }
             woken.await;
         }
-        self.waiting.store(false, Ordering::SeqCst);
+        self.wake_below.store(0, Ordering::SeqCst);
     }
 
     /// The stream's earliest failed record, as the status its call fails with.
@@ -1023,12 +1025,13 @@ async fn stream(
                 match shared.send_event(method, &bytes, headers(idempotency.as_deref(), position), &acks, index, &mut key)
                 {
                     Ok(()) => break,
-                    // The queue is full: wait for a record of this stream to be acknowledged,
-                    // or (none pending) for room, up to the produce timeout; then retry.
+                    // The queue is full: wait for a quarter of this stream's pending records
+                    // to be acknowledged (retrying at each would spin on a full queue), or,
+                    // none pending, for room, up to the produce timeout; then retry.
                     Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
                         let pending = acks.pending.load(Ordering::SeqCst);
                         if pending > 0 {
-                            acks.pending_below(pending).await;
+                            acks.pending_below(pending - pending / 4).await;
                             continue;
                         }
                         if full_since.get_or_insert_with(std::time::Instant::now).elapsed() > shared.produce_timeout {
