@@ -10,6 +10,7 @@
 //! the Connect protocol's unary JSON form on the same paths (`POST /pkg.Service/Method`,
 //! `Content-Type: application/json`), Prometheus metrics, and a drain on SIGTERM.
 
+mod acks;
 mod check;
 mod direct;
 mod json;
@@ -20,7 +21,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,10 +30,9 @@ use bytes::Bytes;
 use prost_reflect::DescriptorPool;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
-    ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryFuture, FutureProducer, FutureRecord, Producer, ThreadedProducer};
+
+use acks::{StreamContext, StreamSlots};
 use tonic::codec::{CompressionEncoding, DecodeBuf, EncodeBuf};
 use tonic::metadata::MetadataMap;
 use tonic::server::{ClientStreamingService, Grpc, UnaryService};
@@ -130,82 +130,8 @@ impl Method {
 struct Producers {
     calls: FutureProducer,
     streams: ThreadedProducer<StreamContext>,
-}
-
-/// The acknowledgements of one client stream's records, counted by the producer's delivery
-/// reports (no future, no channel per record).
-#[derive(Default)]
-struct StreamAcks {
-    /// Records handed to the producer and not yet acknowledged or failed.
-    pending: AtomicU64,
-    acknowledged: AtomicU64,
-    /// Whether any record failed (read on every event; `failure` holds which).
-    failed: AtomicBool,
-    /// The failure of the stream's earliest failed record: (its index, the error).
-    failure: std::sync::Mutex<Option<(u64, KafkaError)>>,
-    /// The stream's task waits until fewer records than this are pending (0: it does not
-    /// wait); `wake` wakes it.
-    wake_below: AtomicU64,
-    wake: tokio::sync::Notify,
-}
-
-/// What the producer hands back with a stream record's delivery report.
-struct StreamRecord {
-    acks: Arc<StreamAcks>,
-    index: u64,
-}
-
-struct StreamContext;
-
-impl rdkafka::ClientContext for StreamContext {}
-
-impl ProducerContext for StreamContext {
-    type DeliveryOpaque = Box<StreamRecord>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, record: Box<StreamRecord>) {
-        let StreamRecord { acks, index } = *record;
-        match result {
-            Ok(_) => {
-                acks.acknowledged.fetch_add(1, Ordering::SeqCst);
-            }
-            Err((e, _)) => {
-                let mut failure = acks.failure.lock().unwrap_or_else(|p| p.into_inner());
-                if failure.as_ref().is_none_or(|(first, _)| index < *first) {
-                    *failure = Some((index, e.clone()));
-                }
-                acks.failed.store(true, Ordering::SeqCst);
-            }
-        }
-        let left = acks.pending.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left < acks.wake_below.load(Ordering::SeqCst) {
-            acks.wake.notify_one();
-        }
-    }
-}
-
-impl StreamAcks {
-    /// Waits until fewer than `than` of the stream's records are pending (woken once, not at
-    /// every acknowledgement).
-    async fn pending_below(&self, than: u64) {
-        self.wake_below.store(than, Ordering::SeqCst);
-        loop {
-            let woken = self.wake.notified();
-            if self.pending.load(Ordering::SeqCst) < than {
-                break;
-            }
-            woken.await;
-        }
-        self.wake_below.store(0, Ordering::SeqCst);
-    }
-
-    /// The stream's earliest failed record, as the status its call fails with.
-    fn failure(&self, method: &Method, shared: &Shared) -> Option<Status> {
-        if !self.failed.load(Ordering::SeqCst) {
-            return None;
-        }
-        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-        failure.as_ref().map(|(index, e)| at_event(shared.produce_error(method, e), *index))
-    }
+    /// The streams publishing through `streams`, whose delivery reports they count.
+    slots: Arc<StreamSlots>,
 }
 
 /// The producer settings of the gateway: an idempotent `acks=all` producer with the `[kafka]`
@@ -320,13 +246,15 @@ impl Gateway {
             methods.push(Arc::new(served));
         }
         let producer = if methods.iter().any(|m| matches!(m.target, Target::Topic(_))) {
+            let slots = Arc::new(StreamSlots::default());
             // A unary call waits for its record's batch: librdkafka's default of 5 ms would be
             // most of its answer time. A stream's events fill batches, and larger ones cost the
             // producer less per record (at 1 ms it spent a quarter more CPU per streamed event).
             Some(Producers {
                 calls: producer_settings(kafka, config, "protolake-gateway", "1").create()?,
                 streams: producer_settings(kafka, config, "protolake-gateway-streams", "5")
-                    .create_with_context(StreamContext)?,
+                    .create_with_context(StreamContext { slots: slots.clone() })?,
+                slots,
             })
         } else {
             None
@@ -857,22 +785,21 @@ impl Shared {
     }
 
     /// Hands one event of a stream to the producer of streams; its delivery report is
-    /// counted in `acks`. `key` is a buffer for the record's key.
+    /// counted in the stream's slot. `key` is a buffer for the record's key.
     fn send_event(
         &self,
         method: &Method,
         bytes: &[u8],
         headers: Option<OwnedHeaders>,
-        acks: &Arc<StreamAcks>,
+        stream: &mut acks::Stream,
         index: u64,
         key: &mut Vec<u8>,
     ) -> Result<(), KafkaError> {
         let (Target::Topic(topic), Some(producers)) = (&method.target, &self.producer) else {
             return Err(KafkaError::MessageProduction(RDKafkaErrorCode::InvalidArgument));
         };
-        let opaque = Box::new(StreamRecord { acks: acks.clone(), index });
-        let mut record: BaseRecord<'_, [u8], [u8], Box<StreamRecord>> =
-            BaseRecord::with_opaque_to(topic, opaque).payload(bytes);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, stream.opaque(index)).payload(bytes);
         if let Some(k) = &method.key {
             k.read_into(bytes, key);
             record = record.key(key.as_slice());
@@ -880,11 +807,9 @@ impl Shared {
         if let Some(h) = headers {
             record = record.headers(h);
         }
-        acks.pending.fetch_add(1, Ordering::SeqCst);
-        producers.streams.send(record).map_err(|(e, _)| {
-            acks.pending.fetch_sub(1, Ordering::SeqCst);
-            e
-        })
+        producers.streams.send(record).map_err(|(e, _)| e)?;
+        stream.sent();
+        Ok(())
     }
 
     /// Waits for the broker's acknowledgement of one record: (partition, offset).
@@ -1004,7 +929,13 @@ async fn stream(
     let idempotency = idempotency_key(request.metadata());
     let mut events = request.into_inner();
     let mut refused: Vec<(u64, Vec<Violation>)> = Vec::new();
-    let acks = Arc::new(StreamAcks::default());
+    // A slot counting the stream's acknowledgements (a direct-mode route has no producer).
+    let mut acks = match &shared.producer {
+        Some(p) if matches!(method.target, Target::Topic(_)) => Some(
+            p.slots.open().ok_or_else(|| Status::resource_exhausted("too many streams publishing at once; retry shortly"))?,
+        ),
+        _ => None,
+    };
     let mut key = Vec::new();
     let mut index = 0u64;
     let mut refused_count = 0u64;
@@ -1013,25 +944,31 @@ async fn stream(
     while let Some(bytes) = events.message().await? {
         let violations = check_one(method, shared, &mut checker, &bytes);
         if violations.is_empty() {
-            if let Target::Direct(sink) = &method.target {
-                committing.push((index, sink.submit(bytes, idempotency.clone()).await?));
-                index += 1;
-                continue;
-            }
+            let stream = match (&method.target, acks.as_mut()) {
+                (Target::Direct(sink), _) => {
+                    committing.push((index, sink.submit(bytes, idempotency.clone()).await?));
+                    index += 1;
+                    continue;
+                }
+                (Target::Topic(_), Some(stream)) => stream,
+                (Target::Topic(_), None) => return Err(Status::internal("the gateway has no producer for this route")),
+            };
             // An event's position travels with the idempotency key: the two name it.
             let position = idempotency.as_ref().map(|_| index);
             let mut full_since = None;
+            let mut waited = false;
             loop {
-                match shared.send_event(method, &bytes, headers(idempotency.as_deref(), position), &acks, index, &mut key)
+                match shared.send_event(method, &bytes, headers(idempotency.as_deref(), position), stream, index, &mut key)
                 {
                     Ok(()) => break,
                     // The queue is full: wait for a quarter of this stream's pending records
                     // to be acknowledged (retrying at each would spin on a full queue), or,
                     // none pending, for room, up to the produce timeout; then retry.
                     Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                        let pending = acks.pending.load(Ordering::SeqCst);
+                        let pending = stream.pending();
+                        waited = true;
                         if pending > 0 {
-                            acks.pending_below(pending - pending / 4).await;
+                            stream.pending_at_most(pending - (pending / 4).max(1)).await;
                             continue;
                         }
                         if full_since.get_or_insert_with(std::time::Instant::now).elapsed() > shared.produce_timeout {
@@ -1042,8 +979,12 @@ async fn stream(
                     Err(e) => return Err(at_event(shared.produce_error(method, &e), index)),
                 }
             }
-            if let Some(status) = acks.failure(method, shared) {
-                return Err(status);
+            // A failed record ends the call: looked for after each wait, and every 256 events
+            // (its report may come long after its send).
+            if waited || index.is_multiple_of(256) {
+                if let Some((i, e)) = stream.failure() {
+                    return Err(at_event(shared.produce_error(method, &e), i));
+                }
             }
         } else {
             refused_count += 1;
@@ -1054,11 +995,14 @@ async fn stream(
         index += 1;
     }
     drop(checker);
-    acks.pending_below(1).await;
-    if let Some(status) = acks.failure(method, shared) {
-        return Err(status);
+    let mut accepted = 0;
+    if let Some(stream) = &acks {
+        stream.pending_at_most(0).await;
+        if let Some((i, e)) = stream.failure() {
+            return Err(at_event(shared.produce_error(method, &e), i));
+        }
+        accepted = stream.acknowledged();
     }
-    let mut accepted = acks.acknowledged.load(Ordering::SeqCst);
     for (i, commit) in committing {
         direct::DirectSink::committed(commit).await.map_err(|s| at_event(s, i))?;
         accepted += 1;
