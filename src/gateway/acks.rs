@@ -154,17 +154,25 @@ impl ProducerContext for StreamContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        self.slots.report(opaque, result.as_ref().err().map(|(e, _)| e));
+    }
+}
+
+impl StreamSlots {
+    /// Counts the delivery report of the record of `opaque`: acknowledged, or failed with
+    /// `failure`.
+    fn report(&self, opaque: usize, failure: Option<&KafkaError>) {
         let (slot, index) = (opaque >> INDEX_BITS, (opaque & INDEX_MASK) as u64);
-        let slots = self.slots.slots.read().unwrap_or_else(|p| p.into_inner());
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         let Some(acks) = slots.get(slot) else { return };
-        match result {
-            Ok(_) => {
+        match failure {
+            None => {
                 acks.acknowledged.fetch_add(1, Ordering::SeqCst);
             }
-            Err((e, _)) => {
-                let mut failure = acks.failure.lock().unwrap_or_else(|p| p.into_inner());
-                if failure.as_ref().is_none_or(|(first, _)| index < *first) {
-                    *failure = Some((index, e.clone()));
+            Some(e) => {
+                let mut first = acks.failure.lock().unwrap_or_else(|p| p.into_inner());
+                if first.as_ref().is_none_or(|(i, _)| index < *i) {
+                    *first = Some((index, e.clone()));
                 }
                 acks.failed.store(true, Ordering::SeqCst);
             }
@@ -175,7 +183,7 @@ impl ProducerContext for StreamContext {
             acks.wake.notify_one();
         }
         if done >= acks.sent_when_closed.load(Ordering::SeqCst) {
-            self.slots.release(slot, acks);
+            self.release(slot, acks);
         }
     }
 }
@@ -184,41 +192,69 @@ impl ProducerContext for StreamContext {
 mod tests {
     use super::*;
 
-    fn report(slots: &Arc<StreamSlots>, opaque: usize) {
-        let (slot, _) = (opaque >> INDEX_BITS, opaque & INDEX_MASK);
-        let acks = slots.slots.read().unwrap()[slot].clone();
-        acks.acknowledged.fetch_add(1, Ordering::SeqCst);
-        let done = acks.done.fetch_add(1, Ordering::SeqCst) + 1;
-        if done >= acks.sent_when_closed.load(Ordering::SeqCst) {
-            slots.release(slot, &acks);
-        }
+    fn send(stream: &mut Stream, records: u64) -> Vec<usize> {
+        (0..records)
+            .map(|i| {
+                let opaque = stream.opaque(i);
+                stream.sent();
+                opaque
+            })
+            .collect()
+    }
+
+    fn timed_out() -> KafkaError {
+        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)
     }
 
     #[test]
     fn a_slot_is_reused_only_after_the_last_report_of_its_stream() {
         let slots = Arc::new(StreamSlots::default());
         let mut first = slots.open().unwrap();
-        let opaques: Vec<usize> = (0..3)
-            .map(|i| {
-                let o = first.opaque(i);
-                first.sent();
-                o
-            })
-            .collect();
-        report(&slots, opaques[0]);
+        let sent = send(&mut first, 3);
+        slots.report(sent[0], None);
         assert_eq!((first.pending(), first.acknowledged()), (2, 1));
         // The call ends (an error, say) with two records still out: the slot stays taken.
         drop(first);
-        let second = slots.open().unwrap();
+        let mut second = slots.open().unwrap();
         assert_eq!(second.opaque(0) >> INDEX_BITS, 1, "a new slot, not the first stream's");
-        report(&slots, opaques[1]);
-        report(&slots, opaques[2]);
+        slots.report(sent[2], Some(&timed_out()));
+        slots.report(sent[1], None);
         // Its last report frees it, and the next stream starts from zero there.
         let third = slots.open().unwrap();
         assert_eq!(third.opaque(7), 7, "slot 0 again, index 7");
-        assert_eq!((third.pending(), third.acknowledged()), (0, 0));
+        assert_eq!((third.pending(), third.acknowledged(), third.failure().is_none()), (0, 0, true));
+
+        // A stream names its earliest failed record, whatever order the reports come in.
+        let out = send(&mut second, 4);
+        slots.report(out[3], Some(&timed_out()));
+        slots.report(out[0], None);
+        slots.report(out[1], Some(&timed_out()));
+        assert_eq!(second.failure().map(|(i, _)| i), Some(1));
+        assert_eq!((second.pending(), second.acknowledged()), (1, 1));
+        slots.report(out[2], None);
         drop(second);
         let fourth = slots.open().unwrap();
         assert_eq!(fourth.opaque(0) >> INDEX_BITS, 1, "the second's slot, free at once (nothing out)");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_stream_wakes_when_enough_reports_are_in() {
+        let slots = Arc::new(StreamSlots::default());
+        let mut stream = slots.open().unwrap();
+        let sent = send(&mut stream, 8);
+        let reporter = {
+            let slots = slots.clone();
+            tokio::spawn(async move {
+                for opaque in sent {
+                    tokio::task::yield_now().await;
+                    slots.report(opaque, None);
+                }
+            })
+        };
+        stream.pending_at_most(6).await;
+        assert!(stream.pending() <= 6);
+        stream.pending_at_most(0).await;
+        assert_eq!((stream.pending(), stream.acknowledged()), (0, 8));
+        reporter.await.unwrap();
     }
 }
