@@ -3,7 +3,8 @@
 //! deduplication as a polars query and as a DuckDB query over the same Parquet files (both from
 //! PyPI, installed into the bench's Python if missing), each writing its result as Parquet.
 //!
-//! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--workers 1,2] [--lz4-spills 1] [--skip-peers 1]
+//! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--workers 1,2] [--lz4-spills 1]
+//! [--memory-limit-mib 2048] [--skip-peers 1]
 
 mod common;
 
@@ -107,7 +108,12 @@ fn table_config(location: &str) -> TableConfig {
         checkpoint_interval: 100,
         final_location: format!("{location}_final").into(),
         // `--lz4-spills 1`: close_books.spill_compression = "lz4".
-        close_books: CloseBooksConfig { compress_spills: arg("--lz4-spills", 0) == 1, ..CloseBooksConfig::default() },
+        // `--memory-limit-mib M`: close_books.memory_limit (default 2 GiB).
+        close_books: CloseBooksConfig {
+            compress_spills: arg("--lz4-spills", 0) == 1,
+            memory_limit: arg("--memory-limit-mib", 2048) as u64 * 1024 * 1024,
+            ..CloseBooksConfig::default()
+        },
         zorder_by: Vec::new(),
         header_columns: Vec::new(),
     }
