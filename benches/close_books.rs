@@ -2,6 +2,7 @@
 //! key, deduplicated and published by `protolake::close_books::close_day`; then the same
 //! deduplication as a polars query and as a DuckDB query over the same Parquet files (both from
 //! PyPI, installed into the bench's Python if missing), each writing its result as Parquet.
+//! DuckDB runs under the same memory budget (its memory_limit); polars has no such setting.
 //!
 //! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--workers 1,2] [--lz4-spills 1]
 //! [--memory-limit-mib 2048] [--skip-peers 1]
@@ -217,7 +218,14 @@ fn main() {
         let out_dir = work.path().join(format!("out-{engine}"));
         let started = Instant::now();
         let out = Command::new(&py)
-            .args([script, engine, &format!("{location}/event_date={date}"), &out_dir.display().to_string()])
+            .args([
+                script,
+                engine,
+                &format!("{location}/event_date={date}"),
+                &out_dir.display().to_string(),
+                // DuckDB gets the same memory budget as protolake.
+                &(table.close_books.memory_limit >> 20).to_string(),
+            ])
             .output()
             .expect("python runs");
         let wall = started.elapsed();

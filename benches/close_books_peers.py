@@ -1,7 +1,9 @@
 """The close-books deduplication written for polars or DuckDB, over one day's Parquet files.
 
-usage: close_books_peers.py polars|duckdb <partition folder> <output folder>
-Prints one JSON line: rows written, CPU seconds and peak RSS of this process.
+usage: close_books_peers.py polars|duckdb <partition folder> <output folder> [memory budget MiB]
+Prints one JSON line: rows written, CPU seconds and peak RSS of this process. The budget is
+DuckDB's memory_limit (it spills beyond it, as protolake does beyond close_books.memory_limit);
+polars has no such setting.
 """
 import json
 import os
@@ -9,6 +11,7 @@ import resource
 import sys
 
 engine, day, out = sys.argv[1], sys.argv[2], sys.argv[3]
+budget_mib = int(sys.argv[4]) if len(sys.argv) > 4 else None
 os.makedirs(out, exist_ok=True)
 files = os.path.join(day, "*.parquet")
 # The documented winner: latest event time, then highest Kafka position, file position, ingest time.
@@ -28,6 +31,9 @@ elif engine == "duckdb":
     import duckdb
 
     con = duckdb.connect()
+    if budget_mib:
+        con.execute(f"SET memory_limit = '{budget_mib}MiB'")
+        con.execute(f"SET temp_directory = '{os.path.join(out, 'spill')}'")
     desc = ", ".join(f"{c} DESC NULLS LAST" for c in order)
     con.execute(
         f"""COPY (SELECT * FROM read_parquet('{files}')
