@@ -22,16 +22,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
+use protolake::gateway::RawCodec as Raw;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext};
-use protolake::gateway::RawCodec as Raw;
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+};
 
 mod common;
 
 use common::{arg, flat_event};
-
 
 /// Delivery reports counted, for the bare producer.
 #[derive(Default)]
@@ -93,10 +94,13 @@ fn main() {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let topic = format!("bench-gateway-{}", std::process::id());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &servers).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &servers).create().unwrap();
     for t in [topic.clone(), format!("{topic}-bare")] {
         for r in runtime
-            .block_on(admin.create_topics(&[NewTopic::new(&t, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()))
+            .block_on(
+                admin.create_topics(&[NewTopic::new(&t, partitions, TopicReplication::Fixed(1))], &AdminOptions::new()),
+            )
             .unwrap()
         {
             r.unwrap();
@@ -105,14 +109,23 @@ fn main() {
     println!("broker: {servers}, topic {topic} ({partitions} partitions)");
 
     let n = events.max(calls);
-    let payloads: Arc<Vec<Bytes>> = Arc::new((0..n)
-        .map(|i| {
-            let mut event = flat_event(i, n);
-            // A UUID for any count (the shared generator's first group outgrows 8 digits).
-            event.id = format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", (i * 7919) as u32, i % 65536, i % 4096, (i * 31) % 4096, i);
-            Bytes::from(event.encode_to_vec())
-        })
-        .collect());
+    let payloads: Arc<Vec<Bytes>> = Arc::new(
+        (0..n)
+            .map(|i| {
+                let mut event = flat_event(i, n);
+                // A UUID for any count (the shared generator's first group outgrows 8 digits).
+                event.id = format!(
+                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                    (i * 7919) as u32,
+                    i % 65536,
+                    i % 4096,
+                    (i * 31) % 4096,
+                    i
+                );
+                Bytes::from(event.encode_to_vec())
+            })
+            .collect(),
+    );
     let mean = payloads.iter().map(Bytes::len).sum::<usize>() as f64 / n as f64;
     println!(
         "events: flat 8-field, {mean:.0} bytes on the wire, {}",
@@ -151,7 +164,11 @@ fn main() {
     }
     assert_eq!(bare.context().failed.load(std::sync::atomic::Ordering::Relaxed), 0, "the broker refused records");
     let bare_rate = events as f64 / started.elapsed().as_secs_f64();
-    println!("broker produce-only: {events} records in {:.2} s = {:.0} records/s", started.elapsed().as_secs_f64(), bare_rate);
+    println!(
+        "broker produce-only: {events} records in {:.2} s = {:.0} records/s",
+        started.elapsed().as_secs_f64(),
+        bare_rate
+    );
     drop(bare);
     // The broker's own answer time for one record at a time, as unary calls see it underneath.
     let bare: FutureProducer = ClientConfig::new()
@@ -227,7 +244,8 @@ table = "flat"
     }
 
     let (stream_wall, stream_cpu) = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
         // A warm-up stream, not measured.
         let warm: Vec<Bytes> = payloads.iter().take(2_000).cloned().collect();
         stream_call(channel.clone(), &service, warm).await;
@@ -249,7 +267,8 @@ table = "flat"
     let streamed = (events / streams) * streams;
 
     let (unary_wall, unary_cpu, mut latencies) = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
         let cpu = cpu_of(pid);
         let started = Instant::now();
         let grpc = tonic::client::Grpc::new(channel);
@@ -295,10 +314,7 @@ table = "flat"
         percentile(&bare_latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&bare_latencies, 0.99).as_secs_f64() * 1e3
     );
-    println!(
-        "streaming rate / broker produce-only rate: {:.2}",
-        (streamed as f64 / stream_wall) / bare_rate
-    );
+    println!("streaming rate / broker produce-only rate: {:.2}", (streamed as f64 / stream_wall) / bare_rate);
 }
 
 /// `calls` calls made by `concurrency` tasks, each waiting for its call before the next: the

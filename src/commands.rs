@@ -96,7 +96,8 @@ pub async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
     if let Some(listen) = &args.listen {
         config.gateway.listen = listen.clone();
     }
-    let publishes = config.gateway.routes.values().any(|r| config.tables.get(&r.table).is_some_and(|t| t.topic.is_some()));
+    let publishes =
+        config.gateway.routes.values().any(|r| config.tables.get(&r.table).is_some_and(|t| t.topic.is_some()));
     if publishes && !config.kafka.properties.contains_key("bootstrap.servers") {
         bail!(
             "{}: set kafka.bootstrap_servers = \"host:9092\" (or PROTOLAKE__KAFKA__BOOTSTRAP_SERVERS): the gateway publishes there",
@@ -115,9 +116,15 @@ pub async fn gateway(args: &GatewayArgs) -> Result<ExitCode> {
             let ok = reachable.broker_reachable.get() == 1;
             (ok, if ok { "the brokers answer\n".to_string() } else { "the brokers do not answer\n".to_string() })
         };
-        let server = protolake::metrics::serve_endpoints(addr, move || m.encode(), || (true, "ok\n".into()), probe, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        });
+        let server = protolake::metrics::serve_endpoints(
+            addr,
+            move || m.encode(),
+            || (true, "ok\n".into()),
+            probe,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        );
         spawn_endpoints(addr, server);
     }
     let listening = gateway.local_addr()?;
@@ -528,7 +535,10 @@ fn metrics_address(flag: Option<&str>, configured: &Option<String>) -> Result<Op
 }
 
 /// Runs a daemon's endpoint server in the background, logging where it serves and why it stopped.
-fn spawn_endpoints(addr: std::net::SocketAddr, server: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static) {
+fn spawn_endpoints(
+    addr: std::net::SocketAddr,
+    server: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+) {
     tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(%addr, error = %e, "metrics endpoint stopped");

@@ -763,7 +763,8 @@ fn validate_gateway(
             )));
         }
         let Some(table) = tables.get(&route.table) else {
-            let known = if tables.is_empty() { "none".into() } else { tables.keys().cloned().collect::<Vec<_>>().join(", ") };
+            let known =
+                if tables.is_empty() { "none".into() } else { tables.keys().cloned().collect::<Vec<_>>().join(", ") };
             return Err(invalid(format!("{what}: table {:?} is not defined; defined tables: {known}", route.table)));
         };
         // A table without a topic is written directly (direct mode).
@@ -774,7 +775,9 @@ fn validate_gateway(
             )));
         }
         if route.tokens_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            return Err(invalid(format!("{what}: tokens_env is empty; name the environment variable holding the tokens")));
+            return Err(invalid(format!(
+                "{what}: tokens_env is empty; name the environment variable holding the tokens"
+            )));
         }
         routes.insert(method.clone(), RouteConfig { method, table: route.table, tokens_env: route.tokens_env });
     }
@@ -1182,7 +1185,8 @@ mod tests {
 
     #[test]
     fn rejected_gateway_combinations_say_why() {
-        let route = |method: &str, body: &str| format!("{GOOD}\ntopic = \"events\"\n[gateway.routes.\"{method}\"]\n{body}\n");
+        let route =
+            |method: &str, body: &str| format!("{GOOD}\ntopic = \"events\"\n[gateway.routes.\"{method}\"]\n{body}\n");
         let cases = [
             (route("Track/Send", "table = \"events\""), "\"package.Service/Method\""),
             (route("acme.Track", "table = \"events\""), "\"package.Service/Method\""),

@@ -210,7 +210,11 @@ impl GatewayMetrics {
             "Records the producer could not hand over or the broker did not acknowledge, by librdkafka error",
             m.produce_errors.clone(),
         );
-        registry.register("broker_reachable", "1 while the producer reaches the brokers (health SERVING)", m.broker_reachable.clone());
+        registry.register(
+            "broker_reachable",
+            "1 while the producer reaches the brokers (health SERVING)",
+            m.broker_reachable.clone(),
+        );
         GatewayMetrics { registry, ..m }
     }
 
@@ -356,15 +360,18 @@ pub async fn serve_endpoints(
     let listener = tokio::net::TcpListener::bind(address).await?;
     let status =
         |(ok, report): (bool, String)| (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, report);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let body = encode();
-                async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body) }
-            }),
-        )
-        .route("/healthz", get(move || std::future::ready(status(live()))))
-        .route("/readyz", get(move || std::future::ready(status(ready()))));
+    let app =
+        axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let body = encode();
+                    async move {
+                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                    }
+                }),
+            )
+            .route("/healthz", get(move || std::future::ready(status(live()))))
+            .route("/readyz", get(move || std::future::ready(status(ready()))));
     axum::serve(listener, app).with_graceful_shutdown(stop).await
 }

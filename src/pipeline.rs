@@ -1056,8 +1056,9 @@ message Ev { int64 ts_s = 1; Header header = 2; string id = 3; optional string n
     fn kept_headers_become_columns_of_the_rows_only() {
         let (decoder, desc) = event_decoder();
         let et = EventTime { field: "header.sent_ms".into(), unit: Some(EventUnit::Milliseconds) };
-        let mut pipeline =
-            TablePipeline::new(decoder, None, Some(&et), 1 << 20).unwrap().with_header_columns(&["idempotency-key".into()]);
+        let mut pipeline = TablePipeline::new(decoder, None, Some(&et), 1 << 20)
+            .unwrap()
+            .with_header_columns(&["idempotency-key".into()]);
         let names: Vec<String> = pipeline.table_schema().fields().iter().map(|f| f.name().clone()).collect();
         let at = names.iter().position(|n| n == "_source_header_idempotency_key").expect("the header's column");
         assert_eq!(names[at - 1], INGESTED_AT);

@@ -299,9 +299,9 @@ pub async fn run(args: &QuickstartArgs) -> Result<ExitCode> {
     let mut by_rule: std::collections::BTreeMap<String, (usize, String)> = Default::default();
     for r in &answer.refused {
         for v in &r.violations {
-            let entry = by_rule.entry(v.rule.clone()).or_insert_with(|| {
-                (0, format!("e.g. event {}: {}: {}", r.index, v.field, v.description))
-            });
+            let entry = by_rule
+                .entry(v.rule.clone())
+                .or_insert_with(|| (0, format!("e.g. event {}: {}: {}", r.index, v.field, v.description)));
             entry.0 += 1;
         }
     }

@@ -157,7 +157,9 @@ tokens_env = "SECURE_TOKENS"
             .spawn()
             .expect("gateway starts");
         let mut gateway = Guard(child);
-        wait_until_listening(&self.address, &mut gateway, "the gateway", Duration::from_secs(60), || self.log(log_name));
+        wait_until_listening(&self.address, &mut gateway, "the gateway", Duration::from_secs(60), || {
+            self.log(log_name)
+        });
         gateway
     }
 
@@ -249,7 +251,10 @@ fn the_gateway_publishes_exactly_what_it_accepts_and_the_sink_ingests_exactly_th
     // The metrics count the calls and the violations by rule.
     let (_, metrics) = http_get(&site.metrics, "/metrics");
     assert!(metrics.contains("protolake_gateway_calls_total{method=\"protolake.tests.gateway.v1.ClickService/Track\",code=\"InvalidArgument\"}"), "{metrics}");
-    assert!(metrics.contains("protolake_gateway_violations_total{table=\"clicks\",reason=\"string.len\"}"), "{metrics}");
+    assert!(
+        metrics.contains("protolake_gateway_violations_total{table=\"clicks\",reason=\"string.len\"}"),
+        "{metrics}"
+    );
     assert_eq!(http_get(&site.metrics, "/readyz").0, 200);
 
     let status = terminate(&mut gateway);
@@ -270,13 +275,19 @@ fn the_gateway_publishes_exactly_what_it_accepts_and_the_sink_ingests_exactly_th
     assert!(missing.is_empty() && extra.is_empty(), "missing from the topic: {missing:?}; never accepted: {extra:?}");
     for p in &published {
         let sent = expected[&p.click_id];
-        assert_eq!(p.headers.get("idempotency-key").map(String::as_str), sent["idempotency"].as_str(), "{}", p.click_id);
+        assert_eq!(
+            p.headers.get("idempotency-key").map(String::as_str),
+            sent["idempotency"].as_str(),
+            "{}",
+            p.click_id
+        );
         let index = sent["index"].as_u64().map(|i| i.to_string());
         assert_eq!(p.headers.get("protolake-stream-index"), index.as_ref(), "{}", p.click_id);
     }
 
     // What the gateway accepted, the sink accepts: every event is a row, none a dead letter.
-    let out = site.protolake(&["ingest", "--config", "protolake.toml", "--exit-when-idle", "3s", "--metrics-address", "off"]);
+    let out =
+        site.protolake(&["ingest", "--config", "protolake.toml", "--exit-when-idle", "3s", "--metrics-address", "off"]);
     assert!(out.status.success(), "ingest: {}", String::from_utf8_lossy(&out.stderr));
     let table = Location::new(site.path().join("lake/clicks").display().to_string());
     let read = common::read_columns(&table, &["click_id", "_source_header_idempotency_key"]);
@@ -289,7 +300,11 @@ fn the_gateway_publishes_exactly_what_it_accepts_and_the_sink_ingests_exactly_th
         assert_eq!(row[1].as_deref(), sent["idempotency"].as_str(), "{row:?}");
     }
     let dlq = Location::new(site.path().join("lake/clicks_dlq").display().to_string());
-    let dead = if Path::new(dlq.uri()).join("_delta_log").exists() { common::read_columns(&dlq, &["reason"]) } else { Vec::new() };
+    let dead = if Path::new(dlq.uri()).join("_delta_log").exists() {
+        common::read_columns(&dlq, &["reason"])
+    } else {
+        Vec::new()
+    };
     assert!(dead.is_empty(), "the sink refused what the gateway accepted: {dead:?}");
 }
 

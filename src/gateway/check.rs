@@ -80,9 +80,9 @@ impl KeyReader {
             let mut path = Vec::new();
             let segments: Vec<&str> = column.split('.').collect();
             for (i, seg) in segments.iter().enumerate() {
-                let field = current.get_field_by_name(seg).ok_or_else(|| {
-                    format!("key column {column:?}: {} has no field {seg:?}", current.full_name())
-                })?;
+                let field = current
+                    .get_field_by_name(seg)
+                    .ok_or_else(|| format!("key column {column:?}: {} has no field {seg:?}", current.full_name()))?;
                 if field.is_list() || field.is_map() {
                     return Err(format!("key column {column:?}: {seg} is repeated; a key is a single value"));
                 }
@@ -337,12 +337,9 @@ mod tests {
     fn a_key_column_the_message_cannot_hold_is_refused() {
         let m = descriptor();
         assert!(KeyReader::new(&m, &[]).unwrap().is_none());
-        for (column, says) in [
-            ("nope", "has no field"),
-            ("tags", "repeated"),
-            ("inner", "is a message"),
-            ("id.x", "is not a message"),
-        ] {
+        for (column, says) in
+            [("nope", "has no field"), ("tags", "repeated"), ("inner", "is a message"), ("id.x", "is not a message")]
+        {
             let e = KeyReader::new(&m, &[column.into()]).unwrap_err();
             assert!(e.contains(says), "{column}: {e}");
         }

@@ -181,7 +181,8 @@ impl Writer {
                 self.data.write(batch).await.map_err(|e| e.to_string())?;
             }
             let info = CommitInfo { rows, ..self.info.clone() };
-            let committed = self.data.commit(vec![(self.app_id.clone(), last as i64)], &info).await.map_err(|e| e.to_string())?;
+            let committed =
+                self.data.commit(vec![(self.app_id.clone(), last as i64)], &info).await.map_err(|e| e.to_string())?;
             let version = committed.map(|c| c.version).or(self.data.version()).unwrap_or_default();
             Ok::<_, String>((version, dead))
         }

@@ -20,7 +20,11 @@ use tonic::{Code, Status};
 
 use super::{Method, Shared};
 
-pub(super) async fn serve(method: Arc<Method>, shared: Arc<Shared>, request: http::Request<axum::body::Body>) -> Response {
+pub(super) async fn serve(
+    method: Arc<Method>,
+    shared: Arc<Shared>,
+    request: http::Request<axum::body::Body>,
+) -> Response {
     let started = Instant::now();
     let result = answer(&method, &shared, request).await;
     let code = result.as_ref().err().map_or(Code::Ok, |(s, _)| s.code());
@@ -84,7 +88,8 @@ async fn answer(method: &Method, shared: &Shared, request: http::Request<axum::b
     }
     let reply = DynamicMessage::decode(method.reply.descriptor().clone(), response.into_inner())
         .map_err(|e| plain(Status::internal(format!("the reply does not encode: {e}"))))?;
-    let json = serde_json::to_vec(&reply).map_err(|e| plain(Status::internal(format!("the reply is not JSON: {e}"))))?;
+    let json =
+        serde_json::to_vec(&reply).map_err(|e| plain(Status::internal(format!("the reply is not JSON: {e}"))))?;
     Ok((json, "application/json"))
 }
 

@@ -47,8 +47,8 @@ use crate::pipeline::TablePipeline;
 use crate::source::kafka::producer_config;
 use crate::validate::{RecordValidator, Violation};
 
-pub use check::{describe, refusal_status, KeyReader, RefusalContext};
 use check::Checkers;
+pub use check::{describe, refusal_status, KeyReader, RefusalContext};
 use reply::Reply;
 
 /// One route, ready to serve: the table's checks and where its records go.
@@ -234,9 +234,13 @@ impl Gateway {
                 let sink = match sinks.iter().find(|s| s.table == table.name) {
                     Some(sink) => sink.clone(),
                     None => {
-                        let sink = direct::DirectSink::open(&table, pipeline, contract.as_ref()).await.map_err(|e| {
-                            GatewayError::Route { method: served.name.clone(), reason: format!("table {}: {e}", table.name) }
-                        })?;
+                        let sink =
+                            direct::DirectSink::open(&table, pipeline, contract.as_ref()).await.map_err(|e| {
+                                GatewayError::Route {
+                                    method: served.name.clone(),
+                                    reason: format!("table {}: {e}", table.name),
+                                }
+                            })?;
                         sinks.push(sink.clone());
                         sink
                     }
@@ -349,7 +353,9 @@ impl Gateway {
                         // do not have would only time out).
                         tokio::task::spawn_blocking(move || {
                             producer.client().fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok_and(|m| {
-                                m.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+                                m.topics()
+                                    .iter()
+                                    .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
                             })
                         })
                         .await
@@ -865,7 +871,10 @@ impl Shared {
 fn retry_status(code: Code, message: String, delay: Duration) -> Status {
     use prost::Message as _;
     let retry = tonic_types::pb::RetryInfo {
-        retry_delay: Some(prost_types::Duration { seconds: delay.as_secs() as i64, nanos: delay.subsec_nanos() as i32 }),
+        retry_delay: Some(prost_types::Duration {
+            seconds: delay.as_secs() as i64,
+            nanos: delay.subsec_nanos() as i32,
+        }),
     };
     let status = tonic_types::pb::Status {
         code: code as i32,
@@ -890,7 +899,11 @@ fn check_one(method: &Method, shared: &Shared, checker: &mut check::CheckerGuard
     violations
 }
 
-async fn unary(method: &Method, shared: &Shared, request: tonic::Request<Bytes>) -> Result<tonic::Response<Bytes>, Status> {
+async fn unary(
+    method: &Method,
+    shared: &Shared,
+    request: tonic::Request<Bytes>,
+) -> Result<tonic::Response<Bytes>, Status> {
     authorize(method, shared, request.metadata())?;
     let idempotency = idempotency_key(request.metadata());
     let bytes = request.into_inner();
@@ -932,7 +945,9 @@ async fn stream(
     // A slot counting the stream's acknowledgements (a direct-mode route has no producer).
     let mut acks = match &shared.producer {
         Some(p) if matches!(method.target, Target::Topic(_)) => Some(
-            p.slots.open().ok_or_else(|| Status::resource_exhausted("too many streams publishing at once; retry shortly"))?,
+            p.slots
+                .open()
+                .ok_or_else(|| Status::resource_exhausted("too many streams publishing at once; retry shortly"))?,
         ),
         _ => None,
     };
@@ -958,8 +973,14 @@ async fn stream(
             let mut full_since = None;
             let mut waited = false;
             loop {
-                match shared.send_event(method, &bytes, headers(idempotency.as_deref(), position), stream, index, &mut key)
-                {
+                match shared.send_event(
+                    method,
+                    &bytes,
+                    headers(idempotency.as_deref(), position),
+                    stream,
+                    index,
+                    &mut key,
+                ) {
                     Ok(()) => break,
                     // The queue is full: wait for a quarter of this stream's pending records
                     // to be acknowledged (retrying at each would spin on a full queue), or,

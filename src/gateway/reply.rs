@@ -79,8 +79,11 @@ impl Reply {
                         let Kind::Message(violation) = v.kind() else {
                             return Err(format!("{}.violations must be a repeated message", item.full_name()));
                         };
-                        let fields =
-                            [string(&violation, "field")?, string(&violation, "rule")?, string(&violation, "description")?];
+                        let fields = [
+                            string(&violation, "field")?,
+                            string(&violation, "rule")?,
+                            string(&violation, "description")?,
+                        ];
                         Some((v, fields))
                     }
                 };
@@ -155,7 +158,9 @@ impl Reply {
                                 .iter()
                                 .map(|v| {
                                     let mut x = DynamicMessage::new(vm.clone());
-                                    for (f, text) in [(field, &v.field_path), (rule, &v.rule), (description, &v.message)] {
+                                    for (f, text) in
+                                        [(field, &v.field_path), (rule, &v.rule), (description, &v.message)]
+                                    {
                                         if let Some(f) = f {
                                             x.set_field(f, Value::String(text.clone()));
                                         }

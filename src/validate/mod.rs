@@ -203,8 +203,8 @@ mod with_rules {
 mod wire_plan {
     use std::path::Path;
 
-    use prost::encoding::{encode_key, encode_varint, WireType};
     use proptest::prelude::*;
+    use prost::encoding::{encode_key, encode_varint, WireType};
 
     use super::*;
 
@@ -296,8 +296,34 @@ mod wire_plan {
 
     fn varints() -> impl Strategy<Value = Wire> {
         let edges: Vec<i64> = vec![
-            0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 99, 100, 101, 1000, 1001, -1, -2, -3, -4, -5, -6,
-            i32::MAX as i64, i32::MIN as i64, u32::MAX as i64, 1 << 32, (1 << 32) + 7, i64::MAX, i64::MIN,
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+            7,
+            10,
+            11,
+            99,
+            100,
+            101,
+            1000,
+            1001,
+            -1,
+            -2,
+            -3,
+            -4,
+            -5,
+            -6,
+            i32::MAX as i64,
+            i32::MIN as i64,
+            u32::MAX as i64,
+            1 << 32,
+            (1 << 32) + 7,
+            i64::MAX,
+            i64::MIN,
         ];
         let edge = proptest::sample::select(edges.clone()).prop_map(|v| Wire::Varint(v as u64));
         let zigzag = proptest::sample::select(edges).prop_map(|v| Wire::Varint(zz(v)));
@@ -327,16 +353,53 @@ mod wire_plan {
     /// Strings near the rules' edges, near-URIs and near-UUIDs, random text and invalid UTF-8.
     fn strings() -> impl Strategy<Value = Wire> {
         let near = vec![
-            "", "a", "b", "k", "K", "é", "z", "zz", "az", "éz", "aaaz", "ab", "abcd", "abcde", "ax", "AB", "Ab", "ÀB",
-            "ABC", "A", " k", "k ", "123e4567-e89b-12d3-a456-426614174000", "123e4567e89b12d3a456426614174000",
-            "123e4567-e89b-12d3-a456-42661417400g", "{123e4567-e89b-12d3-a456-426614174000}",
+            "",
+            "a",
+            "b",
+            "k",
+            "K",
+            "é",
+            "z",
+            "zz",
+            "az",
+            "éz",
+            "aaaz",
+            "ab",
+            "abcd",
+            "abcde",
+            "ax",
+            "AB",
+            "Ab",
+            "ÀB",
+            "ABC",
+            "A",
+            " k",
+            "k ",
+            "123e4567-e89b-12d3-a456-426614174000",
+            "123e4567e89b12d3a456426614174000",
+            "123e4567-e89b-12d3-a456-42661417400g",
+            "{123e4567-e89b-12d3-a456-426614174000}",
             "123e4567-e89b-12d3-a456-4266141740000",
         ];
         let schemes = vec!["http", "https", "h+t-t.p", "1x", "", "x", "H"];
         let separators = vec!["://", ":/", ":", "", "//"];
         let hosts = vec![
-            "a", "example.com", "1.2.3.4", "256.1.1.1", "1.2.3", "", "a_b~c", "[::1]", "[v1.x]", "a%20b", "u@h", "é",
-            "a..b", "-", ".", "0",
+            "a",
+            "example.com",
+            "1.2.3.4",
+            "256.1.1.1",
+            "1.2.3",
+            "",
+            "a_b~c",
+            "[::1]",
+            "[v1.x]",
+            "a%20b",
+            "u@h",
+            "é",
+            "a..b",
+            "-",
+            ".",
+            "0",
         ];
         let ports = vec!["", ":80", ":", ":65535", ":65536", ":0", ":99999", ":00080", ":x"];
         let path_chars: Vec<char> = "aZ09/-._~!$&'()*+,;=:@?#%2fFzg [] ^|\"<>\\{}é\u{7f}\n".chars().collect();
@@ -441,7 +504,10 @@ mod wire_plan {
                 let bytes = apply(&changes);
                 let passes = plan.passes(&bytes);
                 let judged = v.protovalidate(&bytes);
-                prop_assert!(!passes || judged.is_empty(), "the plan passed a record protovalidate refuses: {judged:?}");
+                prop_assert!(
+                    !passes || judged.is_empty(),
+                    "the plan passed a record protovalidate refuses: {judged:?}"
+                );
                 prop_assert_eq!(v.check(&bytes), judged.clone());
                 // (A record that does not decode is nobody's to pass: protovalidate reports
                 // nothing, and the sink's decoder says where its bytes go wrong.)

@@ -15,7 +15,9 @@
 //! oneof rules, repeated, map, bytes and message-typed fields with rules, predefined rules, the
 //! other well-known string formats) gets no plan: protovalidate checks each of its records.
 
-use prost_reflect::{DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{
+    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
+};
 
 use crate::decode::wire::{zigzag32, zigzag64, Cursor, I32, I64, LEN, VARINT};
 
@@ -563,7 +565,8 @@ fn numeric<T: PartialOrd + Copy>(
     scalar: fn(&Value) -> Option<T>,
     floating: bool,
 ) -> Option<Numeric<T>> {
-    let mut n = Numeric { konst: None, lower: None, upper: None, one_of: Vec::new(), none_of: Vec::new(), finite: false };
+    let mut n =
+        Numeric { konst: None, lower: None, upper: None, one_of: Vec::new(), none_of: Vec::new(), finite: false };
     let list = |value: &Value| -> Option<Vec<T>> { value.as_list()?.iter().map(scalar).collect() };
     for (rule, value) in rules.fields() {
         match rule.name() {
@@ -641,8 +644,24 @@ const URI_TAIL: [bool; 256] = {
         table[c] = b.is_ascii_alphanumeric()
             || matches!(
                 b,
-                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-                    | b':' | b'@' | b'/' | b'?'
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+                    | b'?'
             );
         c += 1;
     }
@@ -733,7 +752,8 @@ fn is_plain_uri(s: &[u8]) -> bool {
         match s[i] {
             c if URI_TAIL[c as usize] => {}
             b'%' => {
-                if !(s.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+                if !(s.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && s.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                {
                     return false;
                 }
                 i += 3;
