@@ -225,6 +225,15 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One field value as it is on the wire.
+#[derive(Debug, Clone, Copy)]
+pub enum WireValue<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32(u32),
+    Len(&'a [u8]),
+}
+
 /// A lighter [`Reader`] for the passes that only look (the gateway's key, the rules read off the
 /// wire): None wherever the bytes do not read, with no error built, and groups not skipped (such
 /// a record takes the full path, whose decoder says what is wrong).
@@ -285,6 +294,18 @@ impl<'a> Cursor<'a> {
     pub fn delimited(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.varint()?).ok()?;
         self.take(n)
+    }
+
+    /// The value of a field whose tag (of `wire_type`) was just read; None for groups.
+    #[inline(always)]
+    pub fn value(&mut self, wire_type: u8) -> Option<WireValue<'a>> {
+        match wire_type {
+            VARINT => self.varint().map(WireValue::Varint),
+            I64 => self.take(8).map(|b| WireValue::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))),
+            I32 => self.take(4).map(|b| WireValue::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))),
+            LEN => self.delimited().map(WireValue::Len),
+            _ => None,
+        }
     }
 
     #[inline]

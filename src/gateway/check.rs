@@ -8,7 +8,7 @@ use prost::Message as _;
 use prost_reflect::{Kind, MessageDescriptor};
 use tonic::{Code, Status};
 
-use crate::decode::wire::{zigzag32, zigzag64, Cursor, I32, I64, LEN, VARINT};
+use crate::decode::wire::{zigzag32, zigzag64, Cursor, WireValue};
 use crate::pipeline::{TablePipeline, TOO_LARGE};
 use crate::validate::Violation;
 
@@ -125,7 +125,7 @@ impl KeyReader {
 }
 
 /// The last value of the field at `path` (last one wins, as protobuf merges messages).
-fn find_last<'a>(bytes: &'a [u8], path: &[(u32, Kind)], last: &mut Option<Value<'a>>) {
+fn find_last<'a>(bytes: &'a [u8], path: &[(u32, Kind)], last: &mut Option<WireValue<'a>>) {
     let Some(((number, _), rest)) = path.split_first() else { return };
     let mut c = Cursor::new(bytes);
     while !c.is_empty() {
@@ -136,53 +136,38 @@ fn find_last<'a>(bytes: &'a [u8], path: &[(u32, Kind)], last: &mut Option<Value<
             }
             continue;
         }
-        let value = match wire_type {
-            VARINT => c.varint().map(Value::Varint),
-            I64 => c.take(8).map(|b| Value::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))),
-            LEN => c.delimited().map(Value::Bytes),
-            I32 => c.take(4).map(|b| Value::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))),
-            _ => return,
-        };
-        let Some(value) = value else { return };
+        let Some(value) = c.value(wire_type) else { return };
         match (rest.is_empty(), value) {
             (true, v) => *last = Some(v),
-            (false, Value::Bytes(inner)) => find_last(inner, rest, last),
+            (false, WireValue::Len(inner)) => find_last(inner, rest, last),
             (false, _) => return,
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Value<'a> {
-    Varint(u64),
-    Fixed64(u64),
-    Fixed32(u32),
-    Bytes(&'a [u8]),
-}
-
-fn render(kind: &Kind, value: Option<Value<'_>>, out: &mut Vec<u8>) {
+fn render(kind: &Kind, value: Option<WireValue<'_>>, out: &mut Vec<u8>) {
     use std::io::Write as _;
     let _ = match (kind, value) {
-        (Kind::String | Kind::Bytes, Some(Value::Bytes(b))) => {
+        (Kind::String | Kind::Bytes, Some(WireValue::Len(b))) => {
             out.extend_from_slice(b);
             Ok(())
         }
         (Kind::String | Kind::Bytes, _) => Ok(()),
-        (Kind::Bool, v) => write!(out, "{}", matches!(v, Some(Value::Varint(x)) if x != 0)),
-        (Kind::Int32 | Kind::Int64 | Kind::Enum(_), Some(Value::Varint(x))) => {
+        (Kind::Bool, v) => write!(out, "{}", matches!(v, Some(WireValue::Varint(x)) if x != 0)),
+        (Kind::Int32 | Kind::Int64 | Kind::Enum(_), Some(WireValue::Varint(x))) => {
             let v = if matches!(kind, Kind::Int32 | Kind::Enum(_)) { i64::from(x as i32) } else { x as i64 };
             write!(out, "{v}")
         }
-        (Kind::Uint32, Some(Value::Varint(x))) => write!(out, "{}", x as u32),
-        (Kind::Uint64, Some(Value::Varint(x))) => write!(out, "{x}"),
-        (Kind::Sint32, Some(Value::Varint(x))) => write!(out, "{}", zigzag32(x as u32)),
-        (Kind::Sint64, Some(Value::Varint(x))) => write!(out, "{}", zigzag64(x)),
-        (Kind::Fixed32, Some(Value::Fixed32(x))) => write!(out, "{x}"),
-        (Kind::Sfixed32, Some(Value::Fixed32(x))) => write!(out, "{}", x as i32),
-        (Kind::Float, Some(Value::Fixed32(x))) => write!(out, "{}", f32::from_bits(x)),
-        (Kind::Fixed64, Some(Value::Fixed64(x))) => write!(out, "{x}"),
-        (Kind::Sfixed64, Some(Value::Fixed64(x))) => write!(out, "{}", x as i64),
-        (Kind::Double, Some(Value::Fixed64(x))) => write!(out, "{}", f64::from_bits(x)),
+        (Kind::Uint32, Some(WireValue::Varint(x))) => write!(out, "{}", x as u32),
+        (Kind::Uint64, Some(WireValue::Varint(x))) => write!(out, "{x}"),
+        (Kind::Sint32, Some(WireValue::Varint(x))) => write!(out, "{}", zigzag32(x as u32)),
+        (Kind::Sint64, Some(WireValue::Varint(x))) => write!(out, "{}", zigzag64(x)),
+        (Kind::Fixed32, Some(WireValue::Fixed32(x))) => write!(out, "{x}"),
+        (Kind::Sfixed32, Some(WireValue::Fixed32(x))) => write!(out, "{}", x as i32),
+        (Kind::Float, Some(WireValue::Fixed32(x))) => write!(out, "{}", f32::from_bits(x)),
+        (Kind::Fixed64, Some(WireValue::Fixed64(x))) => write!(out, "{x}"),
+        (Kind::Sfixed64, Some(WireValue::Fixed64(x))) => write!(out, "{}", x as i64),
+        (Kind::Double, Some(WireValue::Fixed64(x))) => write!(out, "{}", f64::from_bits(x)),
         // Absent (or packed, which a singular field is not): the default.
         _ => write!(out, "0"),
     };

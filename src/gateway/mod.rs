@@ -820,16 +820,7 @@ impl Shared {
 
     /// Waits for the broker's acknowledgement of one record: (partition, offset).
     async fn settle(&self, method: &Method, delivery: DeliveryFuture) -> Result<(i32, i64), Status> {
-        self.delivered(method, delivery.await)
-    }
-
-    /// What a delivery report says: (partition, offset), or the status of its failure.
-    fn delivered(
-        &self,
-        method: &Method,
-        report: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
-    ) -> Result<(i32, i64), Status> {
-        match report {
+        match delivery.await {
             Ok(Ok(d)) => Ok((d.partition, d.offset)),
             Ok(Err((e, _))) => Err(self.produce_error(method, &e)),
             Err(_) => Err(Status::unavailable("the producer stopped before the broker acknowledged the record")),

@@ -88,7 +88,9 @@ mod with_rules {
             let Some(descriptor) = pool.get_message_by_name(message.trim_start_matches('.')) else {
                 return Ok(None);
             };
-            let extensions: Vec<_> = RULE_EXTENSIONS.iter().filter_map(|n| pool.get_extension_by_name(n)).collect();
+            let [field, message_rules, oneof] = RULE_EXTENSIONS.map(|n| pool.get_extension_by_name(n));
+            let rule_extensions = Extensions { field, message: message_rules, oneof };
+            let extensions: Vec<_> = rule_extensions.all().cloned().collect();
             if extensions.is_empty() || !has_rules(&descriptor, &extensions, &mut Vec::new()) {
                 return Ok(None);
             }
@@ -99,12 +101,6 @@ mod with_rules {
             {
                 return Err(ValidateError::Compilation { message: message.into(), reason: e.to_string() });
             }
-            let by_name = |name: &str| pool.get_extension_by_name(name);
-            let rule_extensions = Extensions {
-                field: by_name(RULE_EXTENSIONS[0]),
-                message: by_name(RULE_EXTENSIONS[1]),
-                oneof: by_name(RULE_EXTENSIONS[2]),
-            };
             let plan =
                 WireRules::compile(&descriptor, &rule_extensions, &|m| has_rules(m, &extensions, &mut Vec::new()));
             Ok(Some(RecordValidator { descriptor, validator, plan }))

@@ -19,7 +19,7 @@ use prost_reflect::{
     DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
 };
 
-use crate::decode::wire::{zigzag32, zigzag64, Cursor, I32, I64, LEN, VARINT};
+use crate::decode::wire::{zigzag32, zigzag64, Cursor, WireValue, I32, I64, LEN, VARINT};
 
 /// Rule fields whose last values are kept on the stack; a plan with more uses the heap.
 const INLINE: usize = 32;
@@ -37,15 +37,8 @@ pub(super) struct WireRules {
     sparse: Vec<(u32, u16)>,
 }
 
-/// The last value of a field as it came off the wire.
-#[derive(Clone, Copy)]
-enum Raw<'a> {
-    Absent,
-    Varint(u64),
-    Fixed32(u32),
-    Fixed64(u64),
-    Len(&'a [u8]),
-}
+/// The last value of a field as it came off the wire (None: absent).
+type Raw<'a> = Option<WireValue<'a>>;
 
 /// What an absent field means for its rules.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -160,6 +153,13 @@ pub(super) struct Extensions {
     pub oneof: Option<ExtensionDescriptor>,
 }
 
+impl Extensions {
+    /// Those the descriptor set has.
+    pub fn all(&self) -> impl Iterator<Item = &ExtensionDescriptor> {
+        [&self.field, &self.message, &self.oneof].into_iter().flatten()
+    }
+}
+
 impl WireRules {
     /// The plan of `message`'s rules, or None when one of them is outside the plan's set.
     /// `has_rules` tells whether a message type carries rules anywhere beneath it.
@@ -221,10 +221,10 @@ impl WireRules {
     pub(super) fn passes(&self, bytes: &[u8]) -> bool {
         let n = self.fields.len();
         if n <= INLINE {
-            let mut last = [Raw::Absent; INLINE];
+            let mut last = [None; INLINE];
             self.read(bytes, &mut last[..n]) && self.judge(&last[..n])
         } else {
-            let mut last = vec![Raw::Absent; n];
+            let mut last = vec![None; n];
             self.read(bytes, &mut last) && self.judge(&last)
         }
     }
@@ -256,14 +256,8 @@ impl WireRules {
             if wire_type != self.fields[slot].wire_type {
                 return false;
             }
-            let value = match wire_type {
-                VARINT => c.varint().map(Raw::Varint),
-                I64 => c.take(8).map(|b| Raw::Fixed64(u64::from_le_bytes(b.try_into().expect("8 bytes")))),
-                I32 => c.take(4).map(|b| Raw::Fixed32(u32::from_le_bytes(b.try_into().expect("4 bytes")))),
-                _ => c.delimited().map(Raw::Len),
-            };
-            match value {
-                Some(v) => last[slot] = v,
+            match c.value(wire_type) {
+                Some(v) => last[slot] = Some(v),
                 None => return false,
             }
         }
@@ -278,7 +272,7 @@ impl WireRules {
 impl FieldCheck {
     #[inline]
     fn passes(&self, raw: Raw<'_>) -> bool {
-        if matches!(raw, Raw::Absent) {
+        if raw.is_none() {
             match self.absent {
                 WhenAbsent::Skip if !self.required => return true,
                 WhenAbsent::Ask | WhenAbsent::Skip => return false,
@@ -314,16 +308,18 @@ impl Check {
     #[inline]
     fn value<'a>(&self, raw: Raw<'a>) -> Option<Val<'a>> {
         Some(match (self.scalar_kind(), raw) {
-            (ScalarKind::Int(_) | ScalarKind::Enum, Raw::Absent) => Val::Int(0),
-            (ScalarKind::Float { .. }, Raw::Absent) => Val::Float(0.0),
-            (ScalarKind::Bool, Raw::Absent) => Val::Bool(false),
-            (ScalarKind::Str, Raw::Absent) => Val::Str(""),
+            (ScalarKind::Int(_) | ScalarKind::Enum, None) => Val::Int(0),
+            (ScalarKind::Float { .. }, None) => Val::Float(0.0),
+            (ScalarKind::Bool, None) => Val::Bool(false),
+            (ScalarKind::Str, None) => Val::Str(""),
             (ScalarKind::Int(kind), raw) => Val::Int(int_value(kind, raw)?),
-            (ScalarKind::Enum, Raw::Varint(v)) => Val::Int(i128::from(v as i32)),
-            (ScalarKind::Float { single: true }, Raw::Fixed32(v)) => Val::Float(f64::from(f32::from_bits(v))),
-            (ScalarKind::Float { single: false }, Raw::Fixed64(v)) => Val::Float(f64::from_bits(v)),
-            (ScalarKind::Bool, Raw::Varint(v)) => Val::Bool(v != 0),
-            (ScalarKind::Str, Raw::Len(b)) => Val::Str(simdutf8::basic::from_utf8(b).ok()?),
+            (ScalarKind::Enum, Some(WireValue::Varint(v))) => Val::Int(i128::from(v as i32)),
+            (ScalarKind::Float { single: true }, Some(WireValue::Fixed32(v))) => {
+                Val::Float(f64::from(f32::from_bits(v)))
+            }
+            (ScalarKind::Float { single: false }, Some(WireValue::Fixed64(v))) => Val::Float(f64::from_bits(v)),
+            (ScalarKind::Bool, Some(WireValue::Varint(v))) => Val::Bool(v != 0),
+            (ScalarKind::Str, Some(WireValue::Len(b))) => Val::Str(simdutf8::basic::from_utf8(b).ok()?),
             _ => return None,
         })
     }
@@ -365,16 +361,16 @@ impl Val<'_> {
 
 fn int_value(kind: IntKind, raw: Raw<'_>) -> Option<i128> {
     Some(match (kind, raw) {
-        (IntKind::Int32, Raw::Varint(v)) => i128::from(v as i32),
-        (IntKind::Int64, Raw::Varint(v)) => i128::from(v as i64),
-        (IntKind::Uint32, Raw::Varint(v)) => i128::from(v as u32),
-        (IntKind::Uint64, Raw::Varint(v)) => i128::from(v),
-        (IntKind::Sint32, Raw::Varint(v)) => i128::from(zigzag32(v as u32)),
-        (IntKind::Sint64, Raw::Varint(v)) => i128::from(zigzag64(v)),
-        (IntKind::Fixed32, Raw::Fixed32(v)) => i128::from(v),
-        (IntKind::Sfixed32, Raw::Fixed32(v)) => i128::from(v as i32),
-        (IntKind::Fixed64, Raw::Fixed64(v)) => i128::from(v),
-        (IntKind::Sfixed64, Raw::Fixed64(v)) => i128::from(v as i64),
+        (IntKind::Int32, Some(WireValue::Varint(v))) => i128::from(v as i32),
+        (IntKind::Int64, Some(WireValue::Varint(v))) => i128::from(v as i64),
+        (IntKind::Uint32, Some(WireValue::Varint(v))) => i128::from(v as u32),
+        (IntKind::Uint64, Some(WireValue::Varint(v))) => i128::from(v),
+        (IntKind::Sint32, Some(WireValue::Varint(v))) => i128::from(zigzag32(v as u32)),
+        (IntKind::Sint64, Some(WireValue::Varint(v))) => i128::from(zigzag64(v)),
+        (IntKind::Fixed32, Some(WireValue::Fixed32(v))) => i128::from(v),
+        (IntKind::Sfixed32, Some(WireValue::Fixed32(v))) => i128::from(v as i32),
+        (IntKind::Fixed64, Some(WireValue::Fixed64(v))) => i128::from(v),
+        (IntKind::Sfixed64, Some(WireValue::Fixed64(v))) => i128::from(v as i64),
         _ => return None,
     })
 }
