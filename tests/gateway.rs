@@ -204,7 +204,7 @@ struct Published {
 fn consume(servers: &str, topic: &str, n: usize) -> Vec<Published> {
     use prost_reflect::{DescriptorPool, DynamicMessage};
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::message::Message;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let set = protox::compile(["gateway.proto"], [root.join("tests/protos"), root.join("proto")]).unwrap();
     let pool = DescriptorPool::from_file_descriptor_set(set).unwrap();
@@ -222,14 +222,7 @@ fn consume(servers: &str, topic: &str, n: usize) -> Vec<Published> {
     while out.len() < n && last.elapsed() < Duration::from_secs(60) {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             last = Instant::now();
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let headers = common::kafka_headers(&m);
             let message = DynamicMessage::decode(descriptor.clone(), m.payload().unwrap_or_default()).unwrap();
             let click_id = message.get_field_by_name("click_id").unwrap().as_str().unwrap().to_string();
             out.push(Published { key: m.key().unwrap_or_default().to_vec(), headers, click_id });

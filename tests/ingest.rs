@@ -371,7 +371,7 @@ fn produced_records_are_read_back_exactly_once_and_bad_ones_are_dead_letters() {
 /// Reads `n` messages of a one-partition topic from its start: (payload, headers).
 fn consume_all(broker: &Broker, topic: &str, n: usize) -> Vec<(Vec<u8>, std::collections::BTreeMap<String, String>)> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::message::Message;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.servers)
         .set("group.id", unique("reader"))
@@ -386,14 +386,7 @@ fn consume_all(broker: &Broker, topic: &str, n: usize) -> Vec<(Vec<u8>, std::col
     while out.len() < n {
         assert!(started.elapsed() < Duration::from_secs(120), "{} of {n} messages on {topic}", out.len());
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let headers = common::kafka_headers(&m);
             out.push((m.payload().unwrap_or_default().to_vec(), headers));
         }
     }

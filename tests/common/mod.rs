@@ -592,6 +592,21 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}-{n}", std::process::id())
 }
 
+/// A Kafka record's headers as (name, value as text) pairs.
+#[cfg(feature = "kafka")]
+pub fn kafka_headers<C: FromIterator<(String, String)>>(message: &impl rdkafka::Message) -> C {
+    use rdkafka::message::Headers as _;
+    message
+        .headers()
+        .into_iter()
+        .flat_map(|h| {
+            h.iter()
+                .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Creates `topic` with `partitions` on the Kafka-protocol broker at `servers`.
 #[cfg(feature = "kafka")]
 pub fn create_topic(servers: &str, topic: &str, partitions: i32) {
