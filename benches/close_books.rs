@@ -4,7 +4,7 @@
 //! PyPI, installed into the bench's Python if missing), each writing its result as Parquet.
 //! DuckDB runs under the same memory budget (its memory_limit); polars has no such setting.
 //!
-//! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--workers 1,2] [--lz4-spills 1]
+//! cargo bench --bench close_books -- [--rows N] [--dup-permille 50] [--workers 1,2]
 //! [--memory-limit-mib 2048] [--skip-peers 1]
 
 mod common;
@@ -108,10 +108,8 @@ fn table_config(location: &str) -> TableConfig {
         dlq_topic: None,
         checkpoint_interval: 100,
         final_location: format!("{location}_final").into(),
-        // `--lz4-spills 1`: close_books.spill_compression = "lz4".
         // `--memory-limit-mib M`: close_books.memory_limit (default 2 GiB).
         close_books: CloseBooksConfig {
-            compress_spills: arg("--lz4-spills", 0) == 1,
             memory_limit: arg("--memory-limit-mib", 2048) as u64 * 1024 * 1024,
             ..CloseBooksConfig::default()
         },
@@ -183,13 +181,13 @@ fn main() {
         assert_eq!(report.rows_read, n as u64, "the whole day is read and closed");
         println!(
             "protolake close-books, {w} worker(s): {:.2} M rows/s wall ({:.1} s), {:.2} M rows per CPU-second, peak RSS {:.0} MiB \
-             (memory_limit {} MiB, {} MiB spilled); read {}, duplicates removed {}, published {}",
+             (memory_limit {} MiB, {} round(s)); read {}, duplicates removed {}, published {}",
             n as f64 / wall.as_secs_f64() / 1e6,
             wall.as_secs_f64(),
             n as f64 / cpu / 1e6,
             peak_rss_mib(),
             table.close_books.memory_limit >> 20,
-            report.spilled_bytes >> 20,
+            report.rounds,
             report.rows_read,
             report.duplicates_removed,
             report.rows_published,

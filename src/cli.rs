@@ -156,9 +156,9 @@ pub struct CloseBooksArgs {
     /// Print each day's report as one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Parts the day is split into by the key's hash, each sorted, deduplicated and written on
-    /// a core of its own within its share of close_books.memory_limit (default: the config's
-    /// `workers`, else one per available core).
+    /// Cores the day is read and written on: the day's files are shared among this many
+    /// scans, which find every key's winner in one shared map and then write the winners
+    /// (default: the config's `workers`, else one per available core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
 }

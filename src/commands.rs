@@ -625,10 +625,11 @@ pub async fn close_books(args: &CloseBooksArgs) -> Result<ExitCode> {
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         let options = CloseOptions { date, force: args.force, now, workers };
         let progress = |p: books::Progress| {
+            let round = if p.rounds > 1 { format!(" (round {} of {})", p.round, p.rounds) } else { String::new() };
             bar.set_message(if p.ranked == 0 {
-                format!("closing {} {date}: {} rows read and sorting", table.name, p.scanned)
+                format!("closing {} {date}{round}: {} rows' keys read", table.name, p.scanned)
             } else {
-                format!("closing {} {date}: {} of {} rows sorted out", table.name, p.ranked, p.scanned)
+                format!("closing {} {date}{round}: {} of {} rows sorted out", table.name, p.ranked, p.scanned)
             })
         };
         let result = books::close_day(table, &options, &progress).await;
@@ -681,6 +682,12 @@ fn print_report(r: &protolake::close_books::Report) {
                 "  read {}, invalid {}, duplicates removed {}; files written {}, replaced {}",
                 r.rows_read, r.rows_invalid, r.duplicates_removed, r.files_written, r.files_replaced
             );
+            if r.rounds > 1 {
+                println!(
+                    "  the day's keys did not fit in close_books.memory_limit: read in {} rounds of a share of them each",
+                    r.rounds
+                );
+            }
             if let Some(previous) = r.previous_source_version {
                 match r.late_rows {
                     Some(late) => println!("  closed before from raw version {previous}; {late} rows arrived since"),

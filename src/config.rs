@@ -180,11 +180,9 @@ pub struct CloseBooksConfig {
     pub grace: Duration,
     /// The zone whose calendar picks "yesterday" when no date is given.
     pub time_zone: chrono_tz::Tz,
-    /// Memory the scan and deduplication may hold before spilling to disk.
+    /// Memory the deduplication may hold: three quarters for the map of the day's keys to their
+    /// winners, a quarter for the scans. A day whose keys do not fit is read in more rounds.
     pub memory_limit: u64,
-    /// Whether sorted runs spilled to disk are lz4-compressed (`spill_compression = "lz4"`):
-    /// fewer bytes on disk for more CPU. Off by default.
-    pub compress_spills: bool,
 }
 
 impl Default for CloseBooksConfig {
@@ -193,7 +191,6 @@ impl Default for CloseBooksConfig {
             grace: Duration::from_secs(3600),
             time_zone: chrono_tz::UTC,
             memory_limit: 2 * 1024 * 1024 * 1024,
-            compress_spills: false,
         }
     }
 }
@@ -937,17 +934,21 @@ fn validate_table(
         grace: t.close_books.grace.map_or(books_defaults.grace, |d| d.0),
         time_zone,
         memory_limit: t.close_books.memory_limit.map_or(books_defaults.memory_limit, |b| b.0),
-        compress_spills: match t.close_books.spill_compression.as_deref() {
-            None | Some("none") => false,
-            Some("lz4") => true,
-            Some(other) => {
-                return Err(invalid(format!("close_books.spill_compression = {other:?}: use \"none\" or \"lz4\"")))
-            }
-        },
     };
-    if close_books.memory_limit < 64 * 1024 * 1024 {
+    match t.close_books.spill_compression.as_deref() {
+        None => {}
+        Some("none" | "lz4") => tracing::warn!(
+            table = %name,
+            "close_books.spill_compression has no effect: close-books no longer spills (a day whose keys do not \
+             fit in memory_limit is read in more rounds); remove the key"
+        ),
+        Some(other) => {
+            return Err(invalid(format!("close_books.spill_compression = {other:?}: use \"none\" or \"lz4\"")))
+        }
+    }
+    if close_books.memory_limit < 16 * 1024 * 1024 {
         return Err(invalid(format!(
-            "close_books.memory_limit of {} bytes is too small to sort a day; use at least 64MiB",
+            "close_books.memory_limit of {} bytes is too small to close a day; use at least 16MiB",
             close_books.memory_limit
         )));
     }
@@ -1032,12 +1033,12 @@ mod tests {
         assert_eq!(t.flush.max_latency, Duration::from_secs(5));
         assert_eq!(t.parquet.zstd_level, 3);
         assert_eq!(t.parquet.plain_columns, ["id"]);
-        assert!(!t.close_books.compress_spills, "spills are uncompressed unless asked");
         assert_eq!(c.workers, None, "one worker per core unless set");
         let c =
             load(&format!("workers = 3\n{GOOD}\n[tables.events.close_books]\nspill_compression = \"lz4\"")).unwrap();
         assert_eq!(c.workers, Some(3));
-        assert!(c.table("events").unwrap().close_books.compress_spills);
+        // Still accepted (it no longer does anything).
+        assert_eq!(c.table("events").unwrap().close_books.memory_limit, 2 << 30);
         // The event-time column is written delta-packed; no key is needed for it.
         assert_eq!(t.parquet.ascending_columns, ["ts_ms"]);
         assert_eq!(

@@ -7,25 +7,32 @@
 //! the latest ingest time. Every part of that order is stored in the row, so a rerun over the
 //! same raw rows picks the same winners.
 //!
+//! The day is read in two passes ([`close_rows`]): the key columns first, into a map from each
+//! key to its winner's rank ([`winners`]), then the whole rows, keeping each key's winner. No
+//! sort: the final table's files keep the raw table's row order (arrival order, so the event
+//! time stays clustered), and a day whose keys do not fit in `close_books.memory_limit` is read
+//! in more rounds, each for a share of the keys, instead of spilling.
+//!
 //! The day is read from one snapshot of the raw table (version V), so a daemon appending while
 //! the day is closed never yields half a commit. The publish records V (a txn action
 //! `protolake-close-books:<date>`); a rerun finds the raw day's files unchanged since V and
 //! does nothing, or finds late rows and publishes the day again with them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
-use arrow::row::{OwnedRow, RowConverter, SortField};
 use chrono::{NaiveDate, TimeZone, Utc};
 use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::functions::core::expr_fn::get_field;
-use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr, SortExpr};
-use deltalake::datafusion::physical_plan::ExecutionPlan;
+use deltalake::datafusion::execution::SendableRecordBatchStream;
+use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr};
+use deltalake::datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
 use futures::{StreamExt, TryStreamExt};
@@ -44,19 +51,22 @@ pub fn app_id(date: NaiveDate) -> String {
     format!("protolake-close-books:{date}")
 }
 
+mod winners;
+
+use winners::{rank_converter, KeyBytes, Winners};
+
+/// Why the row is invalid (NULL when it is valid).
 const PROBLEM: &str = "_protolake_problem";
-/// Whether the row is valid (sorts valid rows of a key first).
-const VALID: &str = "_protolake_valid";
 /// The event time (the winner order's first part).
 const ORDER_TIME: &str = "_protolake_time";
+/// The winner order among a key's valid rows, each descending (NULLs last): the first is the
+/// winner.
+const RANK: [&str; 7] =
+    [ORDER_TIME, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_FILE, SOURCE_INDEX, INGESTED_AT];
 /// The i-th key column, computed (a key may be a path into a struct).
 fn key_column(i: usize) -> String {
     format!("_protolake_key{i}")
 }
-/// The least share of `close_books.memory_limit` a part of the day is sorted in (fewer parts
-/// than workers when the budget is small): room for the sort's merge reservation and a few
-/// batches besides.
-const MIN_PART_MEMORY: u64 = 32 << 20;
 /// Invalid rows quoted in a report (all are counted).
 const EXAMPLES: usize = 10;
 
@@ -123,9 +133,9 @@ pub struct Report {
     pub files_replaced: usize,
     /// The pinned contract the raw table matched (None: ad-hoc table).
     pub contract_version: Option<String>,
-    /// Bytes the deduplication spilled to disk because the day did not fit in
-    /// `close_books.memory_limit`.
-    pub spilled_bytes: u64,
+    /// Rounds the day was read in: 1 when its keys' winners fit in `close_books.memory_limit`,
+    /// more when each round could hold only a share of them (each round reads the day twice).
+    pub rounds: u64,
     pub duration_ms: u64,
 }
 
@@ -165,10 +175,14 @@ pub fn closes_at(table: &TableConfig, date: NaiveDate) -> chrono::DateTime<Utc> 
 /// How far a close has come.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Progress {
-    /// Raw rows of the day read so far.
+    /// Rows of the day read by this round's key pass so far.
     pub scanned: u64,
-    /// Rows through the sort so far (sorted out as winners, duplicates or invalid rows).
+    /// Rows of the day sorted out by this round's rows pass so far (as winners, duplicates or
+    /// invalid rows).
     pub ranked: u64,
+    /// The round (from 1) and how many the day takes.
+    pub round: u64,
+    pub rounds: u64,
 }
 
 /// Closes one day; `progress` hears how far it has come a few times a second.
@@ -256,7 +270,7 @@ pub async fn close_day(
                     files_written: 0,
                     files_replaced: 0,
                     contract_version,
-                    spilled_bytes: 0,
+                    rounds: 0,
                     duration_ms: started.elapsed().as_millis() as u64,
                 });
             }
@@ -264,43 +278,17 @@ pub async fn close_day(
     }
 
     let query = |cause: DataFusionError| CloseError::Query { table: table.name.clone(), date, cause: Box::new(cause) };
-    // Each part sorts within its share of the budget: no share under MIN_PART_MEMORY.
-    let workers = options.workers.clamp(1, (table.close_books.memory_limit / MIN_PART_MEMORY).max(1) as usize);
-    let day_plan = sorted_day(&raw, table, event_time, &raw_schema, date, workers).await.map_err(query)?;
-    let (plan, sorts, streams) = day_plan.parts(table.close_books.memory_limit, workers).map_err(query)?;
-    // Each part of the day (a share of the keys) is sorted out and written by a task of its
-    // own, into Parquet files of its own; all of them are published in the one commit below.
-    let ranked = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut parts = Vec::new();
-    for stream in streams {
-        let files = writer.file_writer()?;
-        parts.push(tokio::spawn(sort_out_part(stream, files, table.key.len(), raw_schema.clone(), ranked.clone())));
-    }
-    // The sorts take in the whole day before the first winner comes out; meanwhile the scan's
-    // live row count is the progress.
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    let mut all = futures::future::try_join_all(parts);
-    let done = loop {
-        tokio::select! {
-            done = &mut all => break done,
-            _ = tick.tick() => {
-                let ranked = ranked.load(std::sync::atomic::Ordering::Relaxed);
-                progress(Progress { scanned: scanned(plan.as_ref()), ranked });
-            }
-        }
-    };
-    let mut counts = Counts::new(table.key.len());
-    let mut files = WrittenFiles::default();
-    for part in done.map_err(|e| query(DataFusionError::External(Box::new(e))))? {
-        let (part_counts, part_files) = part.map_err(|e| match e {
-            PartError::Query(e) => query(e),
-            PartError::Sink(e) => CloseError::Sink(e),
-        })?;
-        counts.add(part_counts);
-        files.extend(part_files);
-    }
-    progress(Progress { scanned: counts.read, ranked: counts.read });
-    let spilled_bytes = sorts.iter().map(|sort| spilled(sort.as_ref())).sum();
+    let workers = options.workers.max(1);
+    let day_plan = day_plans(&raw, table, event_time, &raw_schema, date, workers).await.map_err(query)?;
+    let (counts, files, rounds) = close_rows(&day_plan, &writer, table, raw_rows, progress).await.map_err(|e| match e {
+        PassError::Query(e) => query(e),
+        PassError::Sink(e) => CloseError::Sink(e),
+        // close_rows answers this with more rounds; it does not return it.
+        PassError::OverBudget => query(DataFusionError::ResourcesExhausted(PassError::OverBudget.to_string())),
+        PassError::Changed => query(DataFusionError::Internal(
+            "the day's rows differed between its two reads of one table version; nothing was published".into(),
+        )),
+    })?;
 
     let metadata = vec![
         ("protolake.operation".to_string(), serde_json::Value::from("close-books")),
@@ -311,7 +299,7 @@ pub async fn close_day(
         ("protolake.duplicatesRemoved".to_string(), serde_json::Value::from(counts.duplicates)),
         ("protolake.rowsPublished".to_string(), serde_json::Value::from(counts.published)),
         ("protolake.lateRows".to_string(), serde_json::to_value(late_rows).unwrap_or_default()),
-        ("protolake.spilledBytes".to_string(), serde_json::Value::from(spilled_bytes)),
+        ("protolake.rounds".to_string(), serde_json::Value::from(rounds)),
         ("protolake.contractVersion".to_string(), serde_json::to_value(&contract_version).unwrap_or_default()),
     ];
     let committed = writer
@@ -339,82 +327,11 @@ pub async fn close_day(
         files_written: committed.files_added,
         files_replaced: committed.files_removed,
         contract_version,
-        spilled_bytes,
+        rounds,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }
 
-/// A task context per part of the day, each with a memory pool of its own: its share of the
-/// budget, which it spills beyond. (Shared, a part whose sort finished in memory would hold its
-/// rows through the merge while another part still sorts, and starve it instead of letting it
-/// spill.) The scan and the split by key run under the session's own context.
-fn part_contexts(
-    ctx: &SessionContext,
-    memory_limit: u64,
-    parts: usize,
-) -> Result<Vec<Arc<deltalake::datafusion::execution::TaskContext>>, DataFusionError> {
-    use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
-    use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use deltalake::datafusion::execution::TaskContext;
-    let state = ctx.state();
-    let shared = state.runtime_env();
-    let share = usize::try_from(memory_limit / parts as u64).unwrap_or(usize::MAX);
-    (0..parts)
-        .map(|_| {
-            let pool =
-                TrackConsumersPool::new(FairSpillPool::new(share), std::num::NonZeroUsize::new(5).expect("5 > 0"));
-            let runtime = RuntimeEnvBuilder::new()
-                .with_memory_pool(Arc::new(pool))
-                // The raw table's store, registered with the session.
-                .with_object_store_registry(shared.object_store_registry.clone())
-                .build_arc()?;
-            Ok(Arc::new(TaskContext::from(&state).with_runtime(runtime)))
-        })
-        .collect()
-}
-
-/// Why a part of the day could not be sorted out.
-#[derive(Debug, thiserror::Error)]
-enum PartError {
-    #[error(transparent)]
-    Query(DataFusionError),
-    #[error(transparent)]
-    Sink(SinkError),
-}
-
-/// Sorts out one part of the sorted day (all rows of its keys) into winners written to `files`.
-async fn sort_out_part(
-    mut stream: deltalake::datafusion::execution::SendableRecordBatchStream,
-    mut files: FileWriter,
-    keys: usize,
-    schema: SchemaRef,
-    ranked: Arc<std::sync::atomic::AtomicU64>,
-) -> Result<(Counts, WrittenFiles), PartError> {
-    let mut counts = Counts::new(keys);
-    while let Some(batch) = stream.try_next().await.map_err(PartError::Query)? {
-        let winners = counts.sort_out(&batch, &schema).map_err(|e| PartError::Query(e.into()))?;
-        ranked.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
-        if let Some(winners) = winners {
-            files.write(winners).await.map_err(PartError::Sink)?;
-        }
-    }
-    let written = files.finish().await.map_err(PartError::Sink)?;
-    Ok((counts, written))
-}
-
-/// Rows the plan's scan has produced so far (its leaf's output rows).
-fn scanned(plan: &dyn ExecutionPlan) -> u64 {
-    match plan.children().first() {
-        Some(child) => scanned(child.as_ref()),
-        None => plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0) as u64,
-    }
-}
-
-/// Bytes the plan's operators spilled to disk (sorts beyond `close_books.memory_limit`).
-fn spilled(plan: &dyn ExecutionPlan) -> u64 {
-    let own = plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0) as u64;
-    own + plan.children().into_iter().map(|c| spilled(c.as_ref())).sum::<u64>()
-}
 
 /// The raw table's payload must be one of its pinned contract versions (the newest, or an
 /// older one the table has not yet been evolved past). Returns that version's name.
@@ -473,38 +390,57 @@ async fn files_at(
     day_files(&table, day).await.map(Some).map_err(|cause| SinkError::Delta { location: location.to_string(), cause })
 }
 
-/// The plan of the raw rows of one day with more columns: why the row is invalid (NULL when
-/// valid) and the key's values, sorted so that each key's rows are together, its winner first.
-async fn sorted_day(
+
+/// The `paths` in which no file of `day` has a NULL, by the null counts of the files' Delta
+/// statistics (a file without them leaves every path in doubt).
+async fn never_null(
+    raw: &DeltaTable,
+    day: &str,
+    paths: &[(String, Vec<String>)],
+) -> Result<std::collections::HashSet<String>, DataFusionError> {
+    let mut free: std::collections::HashSet<String> = paths.iter().map(|(p, _)| p.clone()).collect();
+    let filter = [(EVENT_DATE, FilterOp::Eq, FilterValue::Scalar(day))];
+    let mut files = raw.get_active_add_actions_by_partitions(&filter);
+    while let Some(file) = files.next().await {
+        let file = file.map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let stats: Option<serde_json::Value> = file.stats().and_then(|s| serde_json::from_str(&s).ok());
+        free.retain(|path| {
+            let mut count = stats.as_ref().and_then(|s| s.get("nullCount"));
+            for part in path.split('.') {
+                count = count.and_then(|c| c.get(part));
+            }
+            count.and_then(|c| c.as_u64()) == Some(0)
+        });
+        if free.is_empty() {
+            break;
+        }
+    }
+    Ok(free)
+}
+
+/// The plans of the raw rows of one day with more columns: why the row is invalid (NULL when
+/// valid), the key's values and the event time of the winner order; one plan of those columns
+/// and the rank's, one of the whole rows with them.
+async fn day_plans(
     raw: &DeltaTable,
     table: &TableConfig,
     event_time: &crate::config::EventTime,
     raw_schema: &Schema,
     date: NaiveDate,
     workers: usize,
-) -> Result<DayPlan, DataFusionError> {
-    use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+) -> Result<DayPlans, DataFusionError> {
+    use deltalake::datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
     use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    // The session's pool: the one sort of a single worker, and the scan; an exhausted budget
-    // names its top consumers.
-    let limit = usize::try_from(table.close_books.memory_limit).unwrap_or(usize::MAX);
-    let pool = TrackConsumersPool::new(FairSpillPool::new(limit), std::num::NonZeroUsize::new(5).expect("5 > 0"));
+    // The scans' pool (they hold a few batches each; the winners' map is accounted apart, in
+    // the other three quarters of the budget). An exhausted pool names its top consumers.
+    let limit = usize::try_from(table.close_books.memory_limit / 4).unwrap_or(usize::MAX);
+    let pool = TrackConsumersPool::new(GreedyMemoryPool::new(limit), std::num::NonZeroUsize::new(5).expect("5 > 0"));
     let runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::new(pool)).build_arc()?;
     let mut state = deltalake::delta_datafusion::DeltaSessionContext::with_runtime_env(runtime).state();
     // Plain string and binary arrays, as the final table's writer expects.
     state.config_mut().options_mut().execution.parquet.schema_force_view_types = false;
-    // The scan in as many partitions as workers; with more than one, their rows are split by
-    // the key's hash into one sort per worker, each in a pool of its own (DayPlan::parts).
+    // Each scan in as many partitions as workers, each partition read on a core of its own.
     state.config_mut().options_mut().execution.target_partitions = workers;
-    // Spilled runs are written and read back once, to the temporary folder: uncompressed
-    // unless the table asks for lz4 (`cargo bench --bench close_books -- --workers 2
-    // --skip-peers 1 --lz4-spills 0|1`: 3.1 GiB spilled in 18.1 s, against 1.0 GiB in 19.7 s
-    // with lz4).
-    state.config_mut().options_mut().execution.spill_compression = if table.close_books.compress_spills {
-        deltalake::datafusion::common::config::SpillCompression::Lz4Frame
-    } else {
-        deltalake::datafusion::common::config::SpillCompression::Uncompressed
-    };
     let ctx = SessionContext::new_with_state(state);
     raw.update_datafusion_session(&ctx.state()).map_err(|e| DataFusionError::External(Box::new(e)))?;
     let provider = raw.table_provider().await?;
@@ -543,7 +479,14 @@ async fn sorted_day(
         event_day.not_eq(ident(EVENT_DATE)),
         format!("{EVENT_DATE} is not the UTC date of {}", event_time.field),
     ));
-    for (path, ancestors) in required_paths(raw_schema) {
+    let required = required_paths(raw_schema);
+    let never_null = never_null(raw, &date.to_string(), &required).await?;
+    for (path, ancestors) in required {
+        // A column no file of the day has a NULL in (by the files' statistics) needs no check,
+        // and the key pass then need not read it.
+        if never_null.contains(&path) {
+            continue;
+        }
         let mut condition = column(&path).is_null();
         for a in ancestors {
             condition = column(&a).is_not_null().and(condition);
@@ -558,180 +501,342 @@ async fn sorted_day(
     }
     let problem = case.otherwise(lit(ScalarValue::Utf8(None)))?;
 
-    // Sorted by key, then valid rows first, then the winner order: the first row of each key
-    // is its winner (when valid). A plain sort rather than ROW_NUMBER() OVER (PARTITION BY key):
-    // the window operator keeps state per key, several times the cost of the sort itself.
-    // Every sort key is a column of the frame (computed ones added), so that the sorts of
-    // several workers can be planned over those columns directly.
     let mut frame = ctx
         .read_table(provider)?
         .filter(ident(EVENT_DATE).eq(lit(ScalarValue::Date32(Some(days)))))?
         .with_column(PROBLEM, problem)?
-        .with_column(VALID, ident(PROBLEM).is_null())?
         .with_column(ORDER_TIME, event_time_expr)?;
     for (i, key) in table.key.iter().enumerate() {
         frame = frame.with_column(&key_column(i), column(key))?;
     }
-    // (column, descending); ascending keys put NULLs first, descending ones last.
-    let mut order: Vec<(String, bool)> = (0..table.key.len()).map(|i| (key_column(i), false)).collect();
-    for name in
-        [VALID, ORDER_TIME, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_FILE, SOURCE_INDEX, INGESTED_AT]
-    {
-        order.push((name.to_string(), true));
-    }
-    if workers == 1 {
-        let sort: Vec<SortExpr> = order.iter().map(|(c, desc)| ident(c).sort(!desc, !desc)).collect();
-        let plan = frame.sort(sort)?.create_physical_plan().await?;
-        return Ok(DayPlan { plan, sorted: true, order, keys: table.key.len(), ctx });
-    }
-    let plan = frame.create_physical_plan().await?;
-    Ok(DayPlan { plan, sorted: false, order, keys: table.key.len(), ctx })
+    let mut key_columns = vec![PROBLEM.to_string()];
+    key_columns.extend((0..table.key.len()).map(key_column));
+    key_columns.extend(RANK.iter().map(|c| c.to_string()));
+    let names: Vec<&str> = key_columns.iter().map(String::as_str).collect();
+    let keys = frame.clone().select_columns(&names)?.create_physical_plan().await?;
+    let rows = frame.create_physical_plan().await?;
+    Ok(DayPlans { ctx, keys, rows, key_count: table.key.len() })
 }
 
-/// The rows of one day, planned: sorted already (one part), or to be split by the key's hash and
-/// sorted part by part ([`DayPlan::parts`]).
-struct DayPlan {
-    plan: Arc<dyn ExecutionPlan>,
-    sorted: bool,
-    /// (column, descending); ascending keys put NULLs first, descending ones last. The first
-    /// `keys` columns are the key.
-    order: Vec<(String, bool)>,
-    keys: usize,
+
+/// The rows of one day, planned twice over one snapshot of the raw table: the key pass's columns
+/// (why a row is invalid, its key, its rank) and the whole rows with the same columns added.
+struct DayPlans {
     ctx: SessionContext,
+    keys: Arc<dyn ExecutionPlan>,
+    rows: Arc<dyn ExecutionPlan>,
+    /// Key columns.
+    key_count: usize,
 }
 
-type Batches = tokio::sync::mpsc::Receiver<Result<RecordBatch, DataFusionError>>;
+/// Where a plan's batches hold the columns a pass reads.
+#[derive(Clone)]
+struct Layout {
+    problem: usize,
+    keys: Vec<usize>,
+    ranks: Vec<usize>,
+}
 
-impl DayPlan {
-    /// The scan (for its progress), the sorts (for their spill metrics) and one stream per part,
-    /// each sorted, each holding every row of its keys. The scan's partitions are split by a
-    /// hash of the key into `parts` channels; each part's sort reads one channel under a task
-    /// context of its own, with its share of `memory_limit` ([`part_contexts`]).
-    #[allow(clippy::type_complexity)]
-    fn parts(
-        self,
-        memory_limit: u64,
-        parts: usize,
-    ) -> Result<
-        (
-            Arc<dyn ExecutionPlan>,
-            Vec<Arc<dyn ExecutionPlan>>,
-            Vec<deltalake::datafusion::execution::SendableRecordBatchStream>,
-        ),
-        DataFusionError,
-    > {
-        use arrow::compute::SortOptions;
-        use deltalake::datafusion::physical_expr::expressions::Column;
-        use deltalake::datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-        use deltalake::datafusion::physical_plan::sorts::sort::SortExec;
-        use deltalake::datafusion::physical_plan::streaming::StreamingTableExec;
-        use deltalake::datafusion::physical_plan::{execute_stream, ExecutionPlanProperties};
-        if self.sorted {
-            let stream = execute_stream(self.plan.clone(), self.ctx.task_ctx())?;
-            return Ok((self.plan.clone(), vec![self.plan], vec![stream]));
-        }
-        let schema = self.plan.schema();
-        let key_columns =
-            self.order[..self.keys].iter().map(|(c, _)| schema.index_of(c)).collect::<Result<Vec<_>, _>>()?;
-        let (senders, receivers): (Vec<_>, Vec<Batches>) = (0..parts).map(|_| tokio::sync::mpsc::channel(2)).unzip();
-        for partition in 0..self.plan.output_partitioning().partition_count() {
-            let stream = self.plan.execute(partition, self.ctx.task_ctx())?;
-            tokio::spawn(split_by_key(stream, key_columns.clone(), senders.clone()));
-        }
-        drop(senders);
-        let sort = self
-            .order
-            .iter()
-            .map(|(c, desc)| {
-                Ok(PhysicalSortExpr::new(
-                    Arc::new(Column::new_with_schema(c, &schema)?),
-                    SortOptions { descending: *desc, nulls_first: !desc },
-                ))
-            })
-            .collect::<Result<Vec<_>, DataFusionError>>()?;
-        let ordering = LexOrdering::new(sort).ok_or_else(|| DataFusionError::Internal("no sort key".into()))?;
-        let contexts = part_contexts(&self.ctx, memory_limit, parts)?;
-        let mut sorts = Vec::with_capacity(parts);
-        let mut streams = Vec::with_capacity(parts);
-        for (receiver, context) in receivers.into_iter().zip(contexts) {
-            let part = Received { schema: schema.clone(), batches: std::sync::Mutex::new(Some(receiver)) };
-            let input = StreamingTableExec::try_new(schema.clone(), vec![Arc::new(part)], None, [], false, None)?;
-            let sort: Arc<dyn ExecutionPlan> = Arc::new(SortExec::new(ordering.clone(), Arc::new(input)));
-            streams.push(sort.execute(0, context)?);
-            sorts.push(sort);
-        }
-        Ok((self.plan, sorts, streams))
+impl Layout {
+    fn of(schema: &Schema, key_count: usize) -> Result<Self, DataFusionError> {
+        Ok(Layout {
+            problem: schema.index_of(PROBLEM)?,
+            keys: (0..key_count).map(|i| schema.index_of(&key_column(i))).collect::<Result<_, _>>()?,
+            ranks: RANK.iter().map(|c| schema.index_of(c)).collect::<Result<_, _>>()?,
+        })
     }
 }
 
-/// Sends each row of `stream` to the part its key hashes to (a batch of each part's rows per
-/// batch read). An error goes to every part.
-async fn split_by_key(
-    mut stream: deltalake::datafusion::execution::SendableRecordBatchStream,
-    key_columns: Vec<usize>,
-    parts: Vec<tokio::sync::mpsc::Sender<Result<RecordBatch, DataFusionError>>>,
-) {
-    use deltalake::datafusion::common::hash_utils::create_hashes_with_hasher;
-    let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
-    let mut hashes = Vec::new();
-    while let Some(batch) = stream.next().await {
-        let split = batch.and_then(|batch| {
-            hashes.clear();
-            hashes.resize(batch.num_rows(), 0);
-            let keys: Vec<&ArrayRef> = key_columns.iter().map(|&i| batch.column(i)).collect();
-            create_hashes_with_hasher(keys, &hasher, &mut hashes)?;
-            let mut rows: Vec<Vec<u32>> = vec![Vec::new(); parts.len()];
-            for (row, hash) in hashes.iter().enumerate() {
-                rows[(*hash % parts.len() as u64) as usize].push(row as u32);
+/// Why a pass over the day stopped.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Query(DataFusionError),
+    #[error(transparent)]
+    Sink(SinkError),
+    #[error("the winners of the day's keys outgrew close_books.memory_limit")]
+    OverBudget,
+    #[error("the day's rows changed between its two reads")]
+    Changed,
+}
+
+impl From<DataFusionError> for PassError {
+    fn from(e: DataFusionError) -> Self {
+        PassError::Query(e)
+    }
+}
+
+impl From<arrow::error::ArrowError> for PassError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        PassError::Query(e.into())
+    }
+}
+
+/// The least a key's entry in the winners' map takes (its entry, a short key and rank): the
+/// first guess at how many rounds a day needs, before a round has measured it.
+const MIN_KEY_BYTES: u64 = 64;
+
+/// Sorts the day's rows out into winners, duplicates and invalid rows, and writes the winners.
+///
+/// A round reads the day's key columns once, to find each key's winner ([`Winners`]), and then
+/// the whole rows once, keeping the winners. A day whose keys do not fit in three quarters of
+/// `memory_limit` is closed in several rounds, each for a share of the keys by hash; a round
+/// that finds its share too large starts the day over with more rounds (the files it wrote are
+/// never committed).
+async fn close_rows(
+    day: &DayPlans,
+    writer: &TableWriter,
+    table: &TableConfig,
+    raw_rows: Option<u64>,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<(Counts, WrittenFiles, u64), PassError> {
+    let budget = table.close_books.memory_limit / 4 * 3;
+    let mut rounds = raw_rows.map_or(1, |rows| (rows * MIN_KEY_BYTES).div_ceil(budget).max(1));
+    'day: loop {
+        let mut counts = Counts::default();
+        let mut files = WrittenFiles::default();
+        for round in 0..rounds {
+            let winners = Arc::new(Winners::new(round, rounds, budget, raw_rows));
+            let scanned = Arc::new(AtomicU64::new(0));
+            let ranked = Arc::new(AtomicU64::new(0));
+            let report = |scanned: &AtomicU64, ranked: &AtomicU64| {
+                progress(Progress {
+                    scanned: scanned.load(Ordering::Relaxed),
+                    ranked: ranked.load(Ordering::Relaxed),
+                    round: round + 1,
+                    rounds,
+                })
+            };
+            // The key pass.
+            let mut tasks = tokio::task::JoinSet::new();
+            for partition in 0..day.keys.output_partitioning().partition_count() {
+                let stream = day.keys.execute(partition, day.ctx.task_ctx())?;
+                let part = KeyPass { winners: winners.clone(), layout: Layout::of(&day.keys.schema(), day.key_count)? };
+                tasks.spawn(part.run(stream, round == 0, scanned.clone()));
             }
-            rows.into_iter()
-                .map(|r| Ok(arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(r))?))
-                .collect::<Result<Vec<RecordBatch>, DataFusionError>>()
-        });
-        match split {
-            Ok(pieces) => {
-                for (part, piece) in parts.iter().zip(pieces) {
-                    if piece.num_rows() > 0 && part.send(Ok(piece)).await.is_err() {
-                        return;
+            let offered = match joined(tasks, || report(&scanned, &ranked)).await {
+                Ok(parts) => parts,
+                Err(PassError::OverBudget) => {
+                    let bytes = winners.bytes();
+                    let seen = scanned.load(Ordering::Relaxed).max(1);
+                    let more = match raw_rows {
+                        Some(rows) => (rows as f64 * bytes as f64 / seen as f64 * 1.25 / budget as f64).ceil() as u64,
+                        None => rounds * 2,
+                    };
+                    let next = more.max(rounds + 1);
+                    tracing::info!(
+                        table = %table.name, rounds = next,
+                        "the day's keys do not fit in three quarters of close_books.memory_limit in {rounds} round(s)"
+                    );
+                    rounds = next;
+                    continue 'day;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut valid = 0;
+            for part in offered {
+                counts.read += part.read;
+                counts.invalid += part.invalid;
+                let room = EXAMPLES.saturating_sub(counts.examples.len());
+                counts.examples.extend(part.examples.into_iter().take(room));
+                valid += part.valid;
+            }
+            // The rows pass needs only the contested keys; the whole map is let go here.
+            let (contested, keys) = Arc::into_inner(winners)
+                .ok_or_else(|| PassError::Query(DataFusionError::Internal("a key pass still runs".into())))?
+                .into_contested();
+            let winners = Arc::new(contested);
+            counts.duplicates += valid - keys;
+            // The rows pass.
+            let mut tasks = tokio::task::JoinSet::new();
+            for partition in 0..day.rows.output_partitioning().partition_count() {
+                let stream = day.rows.execute(partition, day.ctx.task_ctx())?;
+                let part = RowPass {
+                    winners: winners.clone(),
+                    layout: Layout::of(&day.rows.schema(), day.key_count)?,
+                    files: writer.file_writer().map_err(PassError::Sink)?,
+                    schema: writer.schema(),
+                };
+                tasks.spawn(part.run(stream, ranked.clone()));
+            }
+            let mut kept = 0;
+            for (part_kept, part_files) in joined(tasks, || report(&scanned, &ranked)).await? {
+                kept += part_kept;
+                files.extend(part_files);
+            }
+            if kept != keys || winners.unsettled() != 0 {
+                return Err(PassError::Changed);
+            }
+            counts.published += kept;
+            report(&scanned, &ranked);
+        }
+        return Ok((counts, files, rounds));
+    }
+}
+
+/// The results of `tasks`, calling `tick` a few times a second meanwhile. The first failure
+/// stops the other tasks.
+async fn joined<T: Send + 'static>(
+    mut tasks: tokio::task::JoinSet<Result<T, PassError>>,
+    tick: impl Fn(),
+) -> Result<Vec<T>, PassError> {
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut done = Vec::with_capacity(tasks.len());
+    loop {
+        tokio::select! {
+            next = tasks.join_next() => match next {
+                None => return Ok(done),
+                Some(Ok(result)) => done.push(result?),
+                Some(Err(e)) => return Err(PassError::Query(DataFusionError::External(Box::new(e)))),
+            },
+            _ = interval.tick() => tick(),
+        }
+    }
+}
+
+/// What a key pass over one partition of the day saw.
+struct Offered {
+    read: u64,
+    invalid: u64,
+    /// Valid rows of the round's keys.
+    valid: u64,
+    examples: Vec<String>,
+}
+
+/// The key pass over one partition of the day: offers each valid row of the round's keys to
+/// the winners, and (in the first round) counts and quotes the invalid rows.
+struct KeyPass {
+    winners: Arc<Winners>,
+    layout: Layout,
+}
+
+impl KeyPass {
+    async fn run(
+        self,
+        mut stream: SendableRecordBatchStream,
+        first_round: bool,
+        scanned: Arc<AtomicU64>,
+    ) -> Result<Offered, PassError> {
+        let mut offered = Offered { read: 0, invalid: 0, valid: 0, examples: Vec::new() };
+        let mut keys = KeyBytes::default();
+        let (mut hashes, mut rows, mut grouped) = (Vec::new(), Vec::new(), Vec::new());
+        let mut converter = None;
+        while let Some(batch) = stream.try_next().await? {
+            let problem = arrow::compute::cast(batch.column(self.layout.problem), &DataType::Utf8)?;
+            let problem = problem.as_string::<i32>();
+            keys.encode(&self.layout.keys.iter().map(|&i| batch.column(i).clone()).collect::<Vec<_>>())?;
+            self.winners.hash_keys(&keys, &mut hashes);
+            rows.clear();
+            for row in 0..batch.num_rows() {
+                if problem.is_null(row) {
+                    if self.winners.in_round(hashes[row]) {
+                        rows.push(row as u32);
+                    }
+                } else if first_round {
+                    offered.invalid += 1;
+                    if offered.examples.len() < EXAMPLES {
+                        offered.examples.push(format!("{}: {}", describe_row(&batch, row), problem.value(row)));
                     }
                 }
             }
-            Err(e) => {
-                let message = e.to_string();
-                for part in &parts {
-                    let _ = part.send(Err(DataFusionError::Execution(message.clone()))).await;
-                }
-                return;
+            let ranks: Vec<ArrayRef> = self.layout.ranks.iter().map(|&i| batch.column(i).clone()).collect();
+            if converter.is_none() {
+                converter = Some(rank_converter(&ranks.iter().map(|c| c.data_type().clone()).collect::<Vec<_>>())?);
             }
+            let ranks = converter.as_ref().expect("set above").convert_columns(&ranks)?;
+            self.winners.offer(&rows, &hashes, &keys, &ranks, &mut grouped).map_err(|_| PassError::OverBudget)?;
+            offered.valid += rows.len() as u64;
+            if first_round {
+                offered.read += batch.num_rows() as u64;
+            }
+            scanned.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         }
+        Ok(offered)
     }
 }
 
-/// One part's rows, as its sort reads them.
-#[derive(Debug)]
-struct Received {
+/// The rows pass over one partition of the day: keeps each key's winner, writing it to `files`.
+struct RowPass {
+    winners: Arc<Winners>,
+    layout: Layout,
+    files: FileWriter,
+    /// The final table's columns.
     schema: SchemaRef,
-    batches: std::sync::Mutex<Option<Batches>>,
 }
 
-impl deltalake::datafusion::physical_plan::streaming::PartitionStream for Received {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
+impl RowPass {
+    async fn run(
+        mut self,
+        mut stream: SendableRecordBatchStream,
+        ranked: Arc<AtomicU64>,
+    ) -> Result<(u64, WrittenFiles), PassError> {
+        let mut kept_rows = 0;
+        let mut keys = KeyBytes::default();
+        let (mut hashes, mut rows, mut grouped, mut contested) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut converter = None;
+        while let Some(batch) = stream.try_next().await? {
+            let problem = batch.column(self.layout.problem);
+            keys.encode(&self.layout.keys.iter().map(|&i| batch.column(i).clone()).collect::<Vec<_>>())?;
+            self.winners.hash_keys(&keys, &mut hashes);
+            rows.clear();
+            rows.extend(
+                (0..batch.num_rows() as u32)
+                    .filter(|&row| problem.is_null(row as usize) && self.winners.in_round(hashes[row as usize])),
+            );
+            let mut keep = vec![false; batch.num_rows()];
+            self.winners.settle(&rows, &hashes, &keys, &mut keep, &mut contested, &mut grouped);
+            if !contested.is_empty() {
+                let at = arrow::array::UInt32Array::from(contested.clone());
+                let ranks = self
+                    .layout
+                    .ranks
+                    .iter()
+                    .map(|&i| arrow::compute::take(batch.column(i), &at, None))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if converter.is_none() {
+                    converter =
+                        Some(rank_converter(&ranks.iter().map(|c| c.data_type().clone()).collect::<Vec<_>>())?);
+                }
+                let ranks = converter.as_ref().expect("set above").convert_columns(&ranks)?;
+                self.winners.settle_contested(&contested, &hashes, &keys, &ranks, &mut keep);
+            }
+            ranked.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+            if kept.num_rows() == 0 {
+                continue;
+            }
+            kept_rows += kept.num_rows() as u64;
+            let columns = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = kept.column_by_name(f.name()).ok_or_else(|| {
+                        DataFusionError::Internal(format!("the day's rows have no {} column", f.name()))
+                    })?;
+                    if c.data_type() == f.data_type() {
+                        Ok(c.clone())
+                    } else {
+                        Ok(arrow::compute::cast(c, f.data_type())?)
+                    }
+                })
+                .collect::<Result<Vec<ArrayRef>, DataFusionError>>()?;
+            let winners = RecordBatch::try_new(self.schema.clone(), columns)?;
+            self.files.write(winners).await.map_err(PassError::Sink)?;
+        }
+        let written = self.files.finish().await.map_err(PassError::Sink)?;
+        Ok((kept_rows, written))
     }
+}
 
-    fn execute(
-        &self,
-        _: Arc<deltalake::datafusion::execution::TaskContext>,
-    ) -> deltalake::datafusion::execution::SendableRecordBatchStream {
-        use deltalake::datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-        let batches = self.batches.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let stream = futures::stream::unfold(batches, |batches| async move {
-            let mut batches = batches?;
-            let next = batches.recv().await?;
-            Some((next, Some(batches)))
-        });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
-    }
+/// The counts of a closed day.
+#[derive(Default)]
+struct Counts {
+    read: u64,
+    invalid: u64,
+    duplicates: u64,
+    published: u64,
+    examples: Vec<String>,
 }
 
 /// Non-nullable payload columns (dotted paths through structs) and the nullable structs above
@@ -763,109 +868,6 @@ fn required_paths(schema: &Schema) -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     walk(&payload, "", &[], &mut out);
     out
-}
-
-/// Running counts of a day and the sorting of each sorted batch into winners, duplicates and
-/// invalid rows.
-struct Counts {
-    read: u64,
-    invalid: u64,
-    duplicates: u64,
-    published: u64,
-    examples: Vec<String>,
-    keys: usize,
-    /// Turns key columns into comparable rows.
-    converter: Option<RowConverter>,
-    /// The key of the last row seen (a key's rows may span batches).
-    last_key: Option<OwnedRow>,
-}
-
-impl Counts {
-    /// Adds the counts of another part of the day (its keys are none of this part's).
-    fn add(&mut self, other: Counts) {
-        self.read += other.read;
-        self.invalid += other.invalid;
-        self.duplicates += other.duplicates;
-        self.published += other.published;
-        let room = EXAMPLES.saturating_sub(self.examples.len());
-        self.examples.extend(other.examples.into_iter().take(room));
-    }
-
-    fn new(keys: usize) -> Self {
-        Counts {
-            read: 0,
-            invalid: 0,
-            duplicates: 0,
-            published: 0,
-            examples: Vec::new(),
-            keys,
-            converter: None,
-            last_key: None,
-        }
-    }
-
-    /// The winners of `batch`, in the final table's schema (None if there are none).
-    fn sort_out(
-        &mut self,
-        batch: &RecordBatch,
-        schema: &SchemaRef,
-    ) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
-        let missing =
-            |name: &str| arrow::error::ArrowError::SchemaError(format!("the sorted day has no {name} column"));
-        let problem = batch.column_by_name(PROBLEM).ok_or_else(|| missing(PROBLEM))?;
-        let problem = arrow::compute::cast(problem, &DataType::Utf8)?;
-        let problem = problem.as_string::<i32>();
-        let key_columns = (0..self.keys)
-            .map(|i| batch.column_by_name(&key_column(i)).cloned().ok_or_else(|| missing(&key_column(i))))
-            .collect::<Result<Vec<ArrayRef>, _>>()?;
-        if self.converter.is_none() {
-            let fields = key_columns.iter().map(|c| SortField::new(c.data_type().clone())).collect();
-            self.converter = Some(RowConverter::new(fields)?);
-        }
-        let keys = self.converter.as_ref().expect("set above").convert_columns(&key_columns)?;
-        let rows = batch.num_rows();
-        self.read += rows as u64;
-        let mut keep = Vec::with_capacity(rows);
-        for row in 0..rows {
-            let key = keys.row(row);
-            let first_of_key = match row {
-                0 => self.last_key.as_ref().is_none_or(|last| last.row() != key),
-                _ => keys.row(row - 1) != key,
-            };
-            let valid = problem.is_null(row);
-            let winner = valid && first_of_key;
-            if !valid {
-                self.invalid += 1;
-                if self.examples.len() < EXAMPLES {
-                    self.examples.push(format!("{}: {}", describe_row(batch, row), problem.value(row)));
-                }
-            } else if !winner {
-                self.duplicates += 1;
-            }
-            keep.push(winner);
-        }
-        if rows > 0 {
-            self.last_key = Some(keys.row(rows - 1).owned());
-        }
-        let kept = filter_record_batch(batch, &BooleanArray::from(keep))?;
-        if kept.num_rows() == 0 {
-            return Ok(None);
-        }
-        self.published += kept.num_rows() as u64;
-        let columns = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                let c = kept.column_by_name(f.name()).ok_or_else(|| missing(f.name()))?;
-                if c.data_type() == f.data_type() {
-                    Ok(c.clone())
-                } else {
-                    arrow::compute::cast(c, f.data_type())
-                }
-            })
-            .collect::<Result<Vec<ArrayRef>, _>>()?;
-        RecordBatch::try_new(schema.clone(), columns).map(Some)
-    }
 }
 
 /// Where a raw row came from, for a person: `topic/partition@offset` or `file#index`.
