@@ -671,3 +671,35 @@ fn a_day_on_s3_or_azure_closes_as_on_disk() {
         assert_eq!(f.close_day()["outcome"], "unchanged", "{name}");
     }
 }
+
+#[test]
+fn a_day_whose_keys_do_not_fit_in_the_budget_is_closed_in_rounds_with_the_same_winners() {
+    let f = Fixture::new();
+    let config = std::fs::read_to_string(f.path().join("protolake.toml")).unwrap().replace("256MiB", "16MiB");
+    std::fs::write(f.path().join("protolake.toml"), config).unwrap();
+    let t = |h: i64| DAY_START + h * HOUR;
+    // 150,000 keys in 250,000 rows: every third key comes again from a file or another
+    // partition, some at the same event time (the position decides), some later.
+    let mut rows = Vec::new();
+    for i in 0..150_000i64 {
+        rows.push(row(&format!("key-{i:07}"), t(i % 20), &format!("first-{i}"), kafka((i % 3) as i32, i)));
+    }
+    for j in 0..100_000i64 {
+        let i = (j * 3) % 150_000;
+        let (ts, source) = match j % 4 {
+            0 => (t(i % 20), kafka(3, j)),
+            1 => (t(i % 20), file("archive.pb", j)),
+            2 => (t(i % 20 + 1), file("archive.pb", j)),
+            _ => (t(i % 20), kafka(0, i - 1)),
+        };
+        rows.push(row(&format!("key-{i:07}"), ts, &format!("again-{j}"), source));
+    }
+    f.append(&rows[..180_000]);
+    f.append(&rows[180_000..]);
+    let report = f.close_day();
+    assert!(report["rounds"].as_u64().unwrap() > 1, "a 16MiB budget takes several rounds: {report}");
+    let expected = expected_winners(&rows, day_of(DAY));
+    assert_eq!(report["rows_published"], expected.len() as u64, "{report}");
+    assert_eq!(report["duplicates_removed"], 250_000 - expected.len() as u64, "{report}");
+    assert_eq!(f.final_rows(DAY), expected);
+}

@@ -29,8 +29,8 @@ use arrow::datatypes::{DataType, Schema, SchemaRef};
 use chrono::{NaiveDate, TimeZone, Utc};
 use deltalake::datafusion::common::ScalarValue;
 use deltalake::datafusion::error::DataFusionError;
-use deltalake::datafusion::functions::core::expr_fn::get_field;
 use deltalake::datafusion::execution::SendableRecordBatchStream;
+use deltalake::datafusion::functions::core::expr_fn::get_field;
 use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr};
 use deltalake::datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use deltalake::datafusion::prelude::SessionContext;
@@ -280,15 +280,16 @@ pub async fn close_day(
     let query = |cause: DataFusionError| CloseError::Query { table: table.name.clone(), date, cause: Box::new(cause) };
     let workers = options.workers.max(1);
     let day_plan = day_plans(&raw, table, event_time, &raw_schema, date, workers).await.map_err(query)?;
-    let (counts, files, rounds) = close_rows(&day_plan, &writer, table, raw_rows, progress).await.map_err(|e| match e {
-        PassError::Query(e) => query(e),
-        PassError::Sink(e) => CloseError::Sink(e),
-        // close_rows answers this with more rounds; it does not return it.
-        PassError::OverBudget => query(DataFusionError::ResourcesExhausted(PassError::OverBudget.to_string())),
-        PassError::Changed => query(DataFusionError::Internal(
-            "the day's rows differed between its two reads of one table version; nothing was published".into(),
-        )),
-    })?;
+    let (counts, files, rounds) =
+        close_rows(&day_plan, &writer, table, raw_rows, progress).await.map_err(|e| match e {
+            PassError::Query(e) => query(e),
+            PassError::Sink(e) => CloseError::Sink(e),
+            // close_rows answers this with more rounds; it does not return it.
+            PassError::OverBudget => query(DataFusionError::ResourcesExhausted(PassError::OverBudget.to_string())),
+            PassError::Changed => query(DataFusionError::Internal(
+                "the day's rows differed between its two reads of one table version; nothing was published".into(),
+            )),
+        })?;
 
     let metadata = vec![
         ("protolake.operation".to_string(), serde_json::Value::from("close-books")),
@@ -331,7 +332,6 @@ pub async fn close_day(
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }
-
 
 /// The raw table's payload must be one of its pinned contract versions (the newest, or an
 /// older one the table has not yet been evolved past). Returns that version's name.
@@ -389,7 +389,6 @@ async fn files_at(
     };
     day_files(&table, day).await.map(Some).map_err(|cause| SinkError::Delta { location: location.to_string(), cause })
 }
-
 
 /// The `paths` in which no file of `day` has a NULL, by the null counts of the files' Delta
 /// statistics (a file without them leaves every path in doubt).
@@ -513,18 +512,17 @@ async fn day_plans(
     key_columns.extend((0..table.key.len()).map(key_column));
     key_columns.extend(RANK.iter().map(|c| c.to_string()));
     let names: Vec<&str> = key_columns.iter().map(String::as_str).collect();
-    let keys = frame.clone().select_columns(&names)?.create_physical_plan().await?;
-    let rows = frame.create_physical_plan().await?;
-    Ok(DayPlans { ctx, keys, rows, key_count: table.key.len() })
+    let keys = frame.clone().select_columns(&names)?;
+    Ok(DayPlans { ctx, keys, rows: frame, key_count: table.key.len() })
 }
 
-
-/// The rows of one day, planned twice over one snapshot of the raw table: the key pass's columns
-/// (why a row is invalid, its key, its rank) and the whole rows with the same columns added.
+/// The rows of one day, twice over one snapshot of the raw table: the key pass's columns (why a
+/// row is invalid, its key, its rank) and the whole rows with the same columns added. Each round
+/// plans them anew (a physical plan with repartitioning runs once).
 struct DayPlans {
     ctx: SessionContext,
-    keys: Arc<dyn ExecutionPlan>,
-    rows: Arc<dyn ExecutionPlan>,
+    keys: deltalake::datafusion::dataframe::DataFrame,
+    rows: deltalake::datafusion::dataframe::DataFrame,
     /// Key columns.
     key_count: usize,
 }
@@ -592,11 +590,12 @@ async fn close_rows(
 ) -> Result<(Counts, WrittenFiles, u64), PassError> {
     let budget = table.close_books.memory_limit / 4 * 3;
     let mut rounds = raw_rows.map_or(1, |rows| (rows * MIN_KEY_BYTES).div_ceil(budget).max(1));
+    let hasher = winners::Hasher::default();
     'day: loop {
         let mut counts = Counts::default();
         let mut files = WrittenFiles::default();
         for round in 0..rounds {
-            let winners = Arc::new(Winners::new(round, rounds, budget, raw_rows));
+            let winners = Arc::new(Winners::new(round, rounds, budget, raw_rows, hasher.clone()));
             let scanned = Arc::new(AtomicU64::new(0));
             let ranked = Arc::new(AtomicU64::new(0));
             let report = |scanned: &AtomicU64, ranked: &AtomicU64| {
@@ -609,9 +608,10 @@ async fn close_rows(
             };
             // The key pass.
             let mut tasks = tokio::task::JoinSet::new();
-            for partition in 0..day.keys.output_partitioning().partition_count() {
-                let stream = day.keys.execute(partition, day.ctx.task_ctx())?;
-                let part = KeyPass { winners: winners.clone(), layout: Layout::of(&day.keys.schema(), day.key_count)? };
+            let plan = day.keys.clone().create_physical_plan().await?;
+            for partition in 0..plan.output_partitioning().partition_count() {
+                let stream = plan.execute(partition, day.ctx.task_ctx())?;
+                let part = KeyPass { winners: winners.clone(), layout: Layout::of(&plan.schema(), day.key_count)? };
                 tasks.spawn(part.run(stream, round == 0, scanned.clone()));
             }
             let offered = match joined(tasks, || report(&scanned, &ranked)).await {
@@ -649,11 +649,12 @@ async fn close_rows(
             counts.duplicates += valid - keys;
             // The rows pass.
             let mut tasks = tokio::task::JoinSet::new();
-            for partition in 0..day.rows.output_partitioning().partition_count() {
-                let stream = day.rows.execute(partition, day.ctx.task_ctx())?;
+            let plan = day.rows.clone().create_physical_plan().await?;
+            for partition in 0..plan.output_partitioning().partition_count() {
+                let stream = plan.execute(partition, day.ctx.task_ctx())?;
                 let part = RowPass {
                     winners: winners.clone(),
-                    layout: Layout::of(&day.rows.schema(), day.key_count)?,
+                    layout: Layout::of(&plan.schema(), day.key_count)?,
                     files: writer.file_writer().map_err(PassError::Sink)?,
                     schema: writer.schema(),
                 };
@@ -794,8 +795,7 @@ impl RowPass {
                     .map(|&i| arrow::compute::take(batch.column(i), &at, None))
                     .collect::<Result<Vec<_>, _>>()?;
                 if converter.is_none() {
-                    converter =
-                        Some(rank_converter(&ranks.iter().map(|c| c.data_type().clone()).collect::<Vec<_>>())?);
+                    converter = Some(rank_converter(&ranks.iter().map(|c| c.data_type().clone()).collect::<Vec<_>>())?);
                 }
                 let ranks = converter.as_ref().expect("set above").convert_columns(&ranks)?;
                 self.winners.settle_contested(&contested, &hashes, &keys, &ranks, &mut keep);

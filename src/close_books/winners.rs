@@ -82,13 +82,16 @@ impl Shard {
     }
 }
 
+/// The hasher of a day's keys (one per day, shared by its rounds).
+pub(super) type Hasher = hashbrown::DefaultHashBuilder;
+
 /// The map would outgrow its budget: the day's keys must be shared among more rounds.
 #[derive(Debug)]
 pub(super) struct OverBudget;
 
 /// Each key's winner, for the keys of one round (a share of the keys by hash).
 pub(super) struct Winners {
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: Hasher,
     shards: Vec<Mutex<Shard>>,
     round: u64,
     rounds: u64,
@@ -98,21 +101,15 @@ pub(super) struct Winners {
 
 impl Winners {
     /// An empty map for round `round` of `rounds`, which may hold `budget` bytes; `expected`
-    /// keys (if known) are made room for at once.
-    pub fn new(round: u64, rounds: u64, budget: u64, expected: Option<u64>) -> Self {
+    /// keys (if known) are made room for at once. Every round of a day hashes with the same
+    /// `hasher`, so that each key belongs to exactly one round.
+    pub fn new(round: u64, rounds: u64, budget: u64, expected: Option<u64>, hasher: Hasher) -> Self {
         let per_shard = expected.map_or(0, |keys| (keys / rounds.max(1)) as usize / SHARDS);
         let shards: Vec<Mutex<Shard>> = (0..SHARDS)
             .map(|_| Mutex::new(Shard { table: hashbrown::HashTable::with_capacity(per_shard), ..Default::default() }))
             .collect();
         let bytes = shards.iter().map(|s| s.lock().expect("new").bytes() as u64).sum();
-        Winners {
-            hasher: hashbrown::DefaultHashBuilder::default(),
-            shards,
-            round,
-            rounds: rounds.max(1),
-            bytes: AtomicU64::new(bytes),
-            budget,
-        }
+        Winners { hasher, shards, round, rounds: rounds.max(1), bytes: AtomicU64::new(bytes), budget }
     }
 
     /// The hash of each key.
@@ -210,7 +207,8 @@ impl Winners {
                     }
                     None => {
                         let at = arena.push(key, rank);
-                        let entry = Entry { at, key_len: key.len() as u32, rank_len: rank.len() as u32, rows: 1, kept: false };
+                        let entry =
+                            Entry { at, key_len: key.len() as u32, rank_len: rank.len() as u32, rows: 1, kept: false };
                         table.insert_unique(hash, entry, |e| self.hasher.hash_one(arena.get(e.at, e.key_len as usize)));
                     }
                 }
@@ -241,7 +239,9 @@ impl Winners {
                 let at = kept.arena.push(key, rank);
                 let hash = self.hasher.hash_one(key);
                 let arena = &kept.arena;
-                kept.table.insert_unique(hash, Entry { at, ..*e }, |e| self.hasher.hash_one(arena.get(e.at, e.key_len as usize)));
+                kept.table.insert_unique(hash, Entry { at, ..*e }, |e| {
+                    self.hasher.hash_one(arena.get(e.at, e.key_len as usize))
+                });
             }
             bytes += kept.bytes() as u64;
             shards.push(Mutex::new(kept));
@@ -436,7 +436,7 @@ mod tests {
     /// Offers the rows in `offers` (two batches), then settles a batch of them again; returns
     /// which rows of the settled batch were kept.
     fn run(ids: &[&str], times: &[i64], budget: u64) -> Result<Vec<bool>, OverBudget> {
-        let w = Winners::new(0, 1, budget, None);
+        let w = Winners::new(0, 1, budget, None, Hasher::default());
         let k = keys(ids);
         let r = ranks(times);
         let mut hashes = Vec::new();
@@ -470,11 +470,12 @@ mod tests {
 
     #[test]
     fn a_better_rank_longer_than_the_stored_one_is_stored_anew() {
-        let w = Winners::new(0, 1, u64::MAX, Some(4));
+        let w = Winners::new(0, 1, u64::MAX, Some(4), Hasher::default());
         let k = keys(&["k", "k"]);
         let c = rank_converter(&[DataType::Utf8]).unwrap();
         // Descending: "zz" ranks before "a".
-        let r = c.convert_columns(&[Arc::new(StringArray::from(vec!["a", "zzzzzzzzzzzzzzzzzzzzzz"])) as ArrayRef]).unwrap();
+        let r =
+            c.convert_columns(&[Arc::new(StringArray::from(vec!["a", "zzzzzzzzzzzzzzzzzzzzzz"])) as ArrayRef]).unwrap();
         let mut hashes = Vec::new();
         w.hash_keys(&k, &mut hashes);
         let mut grouped = Vec::new();
@@ -504,12 +505,19 @@ mod tests {
         let ids: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
         let ids: Vec<&str> = ids.iter().map(|s| s.as_str()).collect();
         let k = keys(&ids);
-        let rounds: Vec<Winners> = (0..3).map(|r| Winners::new(r, 3, u64::MAX, None)).collect();
-        let mut hashes = Vec::new();
-        rounds[0].hash_keys(&k, &mut hashes);
+        let hasher = Hasher::default();
+        let rounds: Vec<Winners> = (0..3).map(|r| Winners::new(r, 3, u64::MAX, None, hasher.clone())).collect();
+        let hashes: Vec<Vec<u64>> = rounds
+            .iter()
+            .map(|w| {
+                let mut h = Vec::new();
+                w.hash_keys(&k, &mut h);
+                h
+            })
+            .collect();
         let mut counts = [0; 3];
-        for h in &hashes {
-            let owners: Vec<usize> = (0..3).filter(|&r| rounds[r].in_round(*h)).collect();
+        for row in 0..ids.len() {
+            let owners: Vec<usize> = (0..3).filter(|&r| rounds[r].in_round(hashes[r][row])).collect();
             assert_eq!(owners.len(), 1, "each key belongs to exactly one round");
             counts[owners[0]] += 1;
         }
