@@ -32,7 +32,7 @@ use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::execution::SendableRecordBatchStream;
 use deltalake::datafusion::functions::core::expr_fn::get_field;
 use deltalake::datafusion::logical_expr::{cast, ident, lit, when, Expr};
-use deltalake::datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use deltalake::datafusion::physical_plan::ExecutionPlanProperties;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
 use futures::{StreamExt, TryStreamExt};
