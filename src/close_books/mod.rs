@@ -609,9 +609,10 @@ async fn close_rows(
             // The key pass.
             let mut tasks = tokio::task::JoinSet::new();
             let plan = day.keys.clone().create_physical_plan().await?;
+            let layout = Layout::of(&plan.schema(), day.key_count)?;
             for partition in 0..plan.output_partitioning().partition_count() {
                 let stream = plan.execute(partition, day.ctx.task_ctx())?;
-                let part = KeyPass { winners: winners.clone(), layout: Layout::of(&plan.schema(), day.key_count)? };
+                let part = KeyPass { winners: winners.clone(), layout: layout.clone() };
                 tasks.spawn(part.run(stream, round == 0, scanned.clone()));
             }
             let offered = match joined(tasks, || report(&scanned, &ranked)).await {
@@ -650,11 +651,12 @@ async fn close_rows(
             // The rows pass.
             let mut tasks = tokio::task::JoinSet::new();
             let plan = day.rows.clone().create_physical_plan().await?;
+            let layout = Layout::of(&plan.schema(), day.key_count)?;
             for partition in 0..plan.output_partitioning().partition_count() {
                 let stream = plan.execute(partition, day.ctx.task_ctx())?;
                 let part = RowPass {
                     winners: winners.clone(),
-                    layout: Layout::of(&plan.schema(), day.key_count)?,
+                    layout: layout.clone(),
                     files: writer.file_writer().map_err(PassError::Sink)?,
                     schema: writer.schema(),
                 };
@@ -695,6 +697,38 @@ async fn joined<T: Send + 'static>(
     }
 }
 
+/// A pass's reading of each batch's keys: every row's key bytes and hash, and the rank
+/// converter (made for the first batch's rank columns).
+#[derive(Default)]
+struct BatchKeys {
+    keys: KeyBytes,
+    hashes: Vec<u64>,
+    /// Scratch for the map's grouping of rows by shard.
+    grouped: Vec<u32>,
+    converter: Option<arrow::row::RowConverter>,
+}
+
+impl BatchKeys {
+    fn read(
+        &mut self,
+        batch: &RecordBatch,
+        layout: &Layout,
+        winners: &Winners,
+    ) -> Result<(), arrow::error::ArrowError> {
+        self.keys.encode(&layout.keys.iter().map(|&i| batch.column(i).clone()).collect::<Vec<_>>())?;
+        winners.hash_keys(&self.keys, &mut self.hashes);
+        Ok(())
+    }
+
+    /// The rank bytes of the rows of `columns` (the rank columns, or some of their rows).
+    fn ranks(&mut self, columns: &[ArrayRef]) -> Result<arrow::row::Rows, arrow::error::ArrowError> {
+        if self.converter.is_none() {
+            self.converter = Some(rank_converter(&columns.iter().map(|c| c.data_type().clone()).collect::<Vec<_>>())?);
+        }
+        self.converter.as_ref().expect("set above").convert_columns(columns)
+    }
+}
+
 /// What a key pass over one partition of the day saw.
 struct Offered {
     read: u64,
@@ -719,18 +753,16 @@ impl KeyPass {
         scanned: Arc<AtomicU64>,
     ) -> Result<Offered, PassError> {
         let mut offered = Offered { read: 0, invalid: 0, valid: 0, examples: Vec::new() };
-        let mut keys = KeyBytes::default();
-        let (mut hashes, mut rows, mut grouped) = (Vec::new(), Vec::new(), Vec::new());
-        let mut converter = None;
+        let mut read = BatchKeys::default();
+        let mut rows = Vec::new();
         while let Some(batch) = stream.try_next().await? {
             let problem = arrow::compute::cast(batch.column(self.layout.problem), &DataType::Utf8)?;
             let problem = problem.as_string::<i32>();
-            keys.encode(&self.layout.keys.iter().map(|&i| batch.column(i).clone()).collect::<Vec<_>>())?;
-            self.winners.hash_keys(&keys, &mut hashes);
+            read.read(&batch, &self.layout, &self.winners)?;
             rows.clear();
             for row in 0..batch.num_rows() {
                 if problem.is_null(row) {
-                    if self.winners.in_round(hashes[row]) {
+                    if self.winners.in_round(read.hashes[row]) {
                         rows.push(row as u32);
                     }
                 } else if first_round {
@@ -741,11 +773,10 @@ impl KeyPass {
                 }
             }
             let ranks: Vec<ArrayRef> = self.layout.ranks.iter().map(|&i| batch.column(i).clone()).collect();
-            if converter.is_none() {
-                converter = Some(rank_converter(&ranks.iter().map(|c| c.data_type().clone()).collect::<Vec<_>>())?);
-            }
-            let ranks = converter.as_ref().expect("set above").convert_columns(&ranks)?;
-            self.winners.offer(&rows, &hashes, &keys, &ranks, &mut grouped).map_err(|_| PassError::OverBudget)?;
+            let ranks = read.ranks(&ranks)?;
+            self.winners
+                .offer(&rows, &read.hashes, &read.keys, &ranks, &mut read.grouped)
+                .map_err(|_| PassError::OverBudget)?;
             offered.valid += rows.len() as u64;
             if first_round {
                 offered.read += batch.num_rows() as u64;
@@ -772,20 +803,18 @@ impl RowPass {
         ranked: Arc<AtomicU64>,
     ) -> Result<(u64, WrittenFiles), PassError> {
         let mut kept_rows = 0;
-        let mut keys = KeyBytes::default();
-        let (mut hashes, mut rows, mut grouped, mut contested) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut converter = None;
+        let mut read = BatchKeys::default();
+        let (mut rows, mut contested) = (Vec::new(), Vec::new());
         while let Some(batch) = stream.try_next().await? {
             let problem = batch.column(self.layout.problem);
-            keys.encode(&self.layout.keys.iter().map(|&i| batch.column(i).clone()).collect::<Vec<_>>())?;
-            self.winners.hash_keys(&keys, &mut hashes);
+            read.read(&batch, &self.layout, &self.winners)?;
             rows.clear();
             rows.extend(
                 (0..batch.num_rows() as u32)
-                    .filter(|&row| problem.is_null(row as usize) && self.winners.in_round(hashes[row as usize])),
+                    .filter(|&row| problem.is_null(row as usize) && self.winners.in_round(read.hashes[row as usize])),
             );
             let mut keep = vec![false; batch.num_rows()];
-            self.winners.settle(&rows, &hashes, &keys, &mut keep, &mut contested, &mut grouped);
+            self.winners.settle(&rows, &read.hashes, &read.keys, &mut keep, &mut contested, &mut read.grouped);
             if !contested.is_empty() {
                 let at = arrow::array::UInt32Array::from(contested.clone());
                 let ranks = self
@@ -794,11 +823,8 @@ impl RowPass {
                     .iter()
                     .map(|&i| arrow::compute::take(batch.column(i), &at, None))
                     .collect::<Result<Vec<_>, _>>()?;
-                if converter.is_none() {
-                    converter = Some(rank_converter(&ranks.iter().map(|c| c.data_type().clone()).collect::<Vec<_>>())?);
-                }
-                let ranks = converter.as_ref().expect("set above").convert_columns(&ranks)?;
-                self.winners.settle_contested(&contested, &hashes, &keys, &ranks, &mut keep);
+                let ranks = read.ranks(&ranks)?;
+                self.winners.settle_contested(&contested, &read.hashes, &read.keys, &ranks, &mut keep);
             }
             ranked.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
             let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
