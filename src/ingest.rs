@@ -36,7 +36,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -51,7 +51,7 @@ use crate::metrics::{Health, Metrics, OutcomeLabel, PartitionLabel, ReasonLabel,
 use crate::pipeline::{DeadLetter, PipelineError};
 use crate::sink::{dead_letter_batch, CommitInfo, SinkError, TablePair, TableWriter, WrittenFiles};
 use crate::source::framing::Unframer;
-use crate::source::kafka::{app_id, consumer_config, coordinates, headers, producer_config, starts_at_end};
+use crate::source::kafka::{app_id, consumer_config, producer_config, starts_at_end, FetchQueue, Fetched, MessageView};
 use crate::source::Coordinates;
 use crate::workers::{Arrival, KafkaRun, Parts, Pool, Run, WorkerError};
 
@@ -59,8 +59,6 @@ use crate::workers::{Arrival, KafkaRun, Parts, Pool, Run, WorkerError};
 const RUN_RECORDS: usize = 2048;
 /// The longest a poll blocks, so a stop request is noticed promptly.
 const POLL: Duration = Duration::from_millis(100);
-/// Messages taken between two looks at the clock (flush deadline, idleness, health).
-const CHECK_EVERY: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -111,7 +109,8 @@ pub struct TableReport {
     pub commits: u64,
     pub conflicts: u64,
     pub table_version: Option<u64>,
-    /// From the first message taken to the end of the last commit.
+    /// From the first message taken to the last, plus the time of the commit that made the
+    /// last one durable; a wait for more messages (as `exit_when_idle` waits) is not counted.
     pub busy: Duration,
 }
 
@@ -137,6 +136,7 @@ pub async fn run(
             state: Mutex::new(state),
             runtime: Handle::current(),
             fatal: Mutex::new(None),
+            fetch: Mutex::new(None),
             metrics: metrics.clone(),
             label: TableLabel { table: name.clone() },
         });
@@ -183,6 +183,9 @@ struct Shared {
     runtime: Handle,
     /// An error raised inside a callback, for the loop to stop on.
     fatal: Mutex<Option<IngestError>>,
+    /// Where the loop reads messages from; the rebalance callback routes each partition here
+    /// before assigning it. None before the consumer exists and once it is closing.
+    fetch: Mutex<Option<Arc<FetchQueue>>>,
     metrics: Arc<Metrics>,
     label: TableLabel,
 }
@@ -199,6 +202,18 @@ impl Shared {
 
     fn take_fatal(&self) -> Option<IngestError> {
         self.fatal.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Routes the partitions about to be assigned to the fetch queue.
+    fn route(&self, tpl: &TopicPartitionList) {
+        let fetch = self.fetch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(fetch) = fetch else { return };
+        for e in tpl.elements() {
+            if !fetch.take_partition(e.topic(), e.partition()) {
+                // Its messages come on the consumer's own queue instead, all of them.
+                debug!(table = %self.label.table, topic = e.topic(), partition = e.partition(), "no partition queue");
+            }
+        }
     }
 }
 
@@ -246,6 +261,9 @@ impl ConsumerContext for IngestContext {
                     let mut state = self.shared.state();
                     self.shared.runtime.block_on(state.on_assign(tpl, cooperative))
                 };
+                if assigned.is_ok() {
+                    self.shared.route(tpl);
+                }
                 let result = match assigned {
                     Ok(()) if cooperative => consumer.incremental_assign(tpl),
                     Ok(()) => consumer.assign(tpl),
@@ -344,12 +362,14 @@ struct TableState {
     /// When partitions were last assigned (an idle run waits for messages from then on).
     assigned_at: Instant,
     first_message_at: Option<Instant>,
+    /// When the loop last took messages (noted per batch, not per message).
+    last_taken_at: Option<Instant>,
     /// Since when commits have been failing (None after a success).
     failing_since: Option<Instant>,
     /// Partitions started at an explicit offset whose first message has not arrived yet.
     awaiting: BTreeMap<Tp, i64>,
-    /// The topic of the last message (shared by keys and coordinates).
-    topic_name: Option<Arc<str>>,
+    /// The topic of the last message (shared by keys and coordinates), by librdkafka's handle.
+    topic_name: Option<(usize, Arc<str>)>,
     records_unreported: u64,
     bytes_unreported: u64,
 }
@@ -447,6 +467,7 @@ impl TableState {
             report: TableReport { table: name.clone(), ..TableReport::default() },
             assigned_at: Instant::now(),
             first_message_at: None,
+            last_taken_at: None,
             failing_since: None,
             awaiting: BTreeMap::new(),
             topic_name: None,
@@ -559,13 +580,13 @@ impl TableState {
     }
 
     /// Takes a message into the open batch.
-    fn accept(&mut self, message: &rdkafka::message::BorrowedMessage<'_>) -> Result<(), IngestError> {
+    fn accept(&mut self, message: MessageView<'_>) -> Result<(), IngestError> {
         // The topic's name is shared by every key and coordinate (no allocation per message).
         let topic = match &self.topic_name {
-            Some(t) if **t == *message.topic() => t.clone(),
+            Some((handle, t)) if *handle == message.topic_handle() => t.clone(),
             _ => {
                 let t: Arc<str> = Arc::from(message.topic());
-                self.topic_name = Some(t.clone());
+                self.topic_name = Some((message.topic_handle(), t.clone()));
                 t
             }
         };
@@ -604,24 +625,23 @@ impl TableState {
                     self.deal()?;
                 }
                 self.run.topic.get_or_insert_with(|| topic.clone());
-                let kept = message.headers().map(|_| headers(message));
-                self.run.push(payload, tp.1, offset, message.timestamp().to_millis(), kept);
+                self.run.push(payload, tp.1, offset, message.timestamp_ms(), message.headers());
             }
             Some((raw, Err(e))) => self.dead_since_commit.push(DeadLetter {
                 raw: raw.to_vec(),
                 reason: e.reason.into(),
                 message: e.message,
                 field_path: String::new(),
-                coordinates: coordinates(message, topic),
-                headers: headers(message),
+                coordinates: message.coordinates(topic),
+                headers: message.headers().unwrap_or_default(),
             }),
             None => self.dead_since_commit.push(DeadLetter {
                 raw: Vec::new(),
                 reason: "no_value".into(),
                 message: "the message has no value (a tombstone?); a record needs the serialized message".into(),
                 field_path: String::new(),
-                coordinates: coordinates(message, topic),
-                headers: headers(message),
+                coordinates: message.coordinates(topic),
+                headers: message.headers().unwrap_or_default(),
             }),
         }
         self.records_since_commit += 1;
@@ -643,7 +663,9 @@ impl TableState {
         if self.run.is_empty() {
             return Ok(());
         }
-        let run = std::mem::take(&mut self.run);
+        // The next run starts at this one's size: no regrowing as messages are taken.
+        let next = KafkaRun::with_capacity(RUN_RECORDS, self.run.bytes.len() + self.run.bytes.len() / 8);
+        let run = std::mem::replace(&mut self.run, next);
         self.pool.deal(Run::Kafka(run)).map_err(|cause| IngestError::Workers { table: self.name.clone(), cause })
     }
 
@@ -775,7 +797,9 @@ impl TableState {
             self.owned.insert(tp.clone(), *last);
         }
         self.report.commits += 1;
-        self.report.busy = self.first_message_at.map_or(Duration::ZERO, |t| t.elapsed());
+        if let (Some(first), Some(last)) = (self.first_message_at, self.last_taken_at) {
+            self.report.busy = last.saturating_duration_since(first) + started.elapsed();
+        }
         self.report.rows += self.rows_since_commit;
         self.report.dead_letters += self.dead_letters_since_commit;
         self.metrics.rows.get_or_create(&self.label).inc_by(self.rows_since_commit);
@@ -875,52 +899,71 @@ fn table_loop(
     let kafka_err = |cause| IngestError::Kafka { table: table.clone(), cause };
     let context = IngestContext { shared: shared.clone() };
     let consumer: BaseConsumer<IngestContext> = config.create_with_context(context).map_err(kafka_err)?;
+    // Messages are read in batches from a queue of their own (see FetchQueue); the consumer's
+    // queue is polled without waiting between batches for rebalances, errors and statistics.
+    let fetch = FetchQueue::new(&consumer).map(Arc::new);
+    *shared.fetch.lock().unwrap_or_else(|p| p.into_inner()) = fetch.clone();
     consumer.subscribe(&[&topic]).map_err(kafka_err)?;
     health.ready.store(true, Ordering::Relaxed);
     info!(%table, %topic, "consuming");
     let mut last_message = Instant::now();
-    // Messages taken since the last look at the clock; the flush, idle and health checks run
-    // every CHECK_EVERY messages or when a poll comes back empty, not per message.
-    let mut unchecked = 0usize;
+    let mut batch: Vec<Fetched> = Vec::with_capacity(crate::source::kafka::FETCH_BATCH);
     let result = (|| -> Result<(), IngestError> {
         loop {
-            if unchecked == 0 {
-                health.turn();
-                if let Some(e) = shared.take_fatal() {
-                    return Err(e);
-                }
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(());
-                }
+            health.turn();
+            if let Some(e) = shared.take_fatal() {
+                return Err(e);
             }
-            let polled = consumer.poll(POLL);
-            let mut state = shared.state();
-            match polled {
-                None => {}
-                Some(Ok(message)) => {
-                    state.accept(&message)?;
-                    unchecked += 1;
-                    if unchecked < CHECK_EVERY {
-                        continue;
-                    }
-                }
-                Some(Err(e)) => {
-                    shared.metrics.kafka_errors.get_or_create(&shared.label).inc();
-                    if let Some(code) = e.rdkafka_error_code() {
-                        if code == rdkafka::types::RDKafkaErrorCode::Fatal {
-                            return Err(kafka_err(e));
-                        }
-                    }
-                    warn!(%table, error = %e, "consuming");
-                }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
             }
-            if unchecked > 0 {
-                last_message = Instant::now();
-                unchecked = 0;
+            let mut taken = 0usize;
+            // Rebalance callbacks run inside this poll. A message comes here only for a
+            // partition that could not be routed to the fetch queue.
+            let polled = consumer.poll(if fetch.is_some() { Duration::ZERO } else { POLL });
+            if let Some(polled) = polled {
+                let mut state = shared.state();
+                match polled {
+                    Ok(message) => {
+                        state.accept(MessageView::of(&message))?;
+                        taken += 1;
+                    }
+                    Err(e) => consumer_error(&shared, e)?,
+                }
             }
             // A rebalance callback inside the poll may have raised a fatal error.
             if let Some(e) = shared.take_fatal() {
                 return Err(e);
+            }
+            if let Some(fetch) = &fetch {
+                // While no partition is owned, wait briefly: the assignment comes on the
+                // consumer's queue (as do the messages of a partition that was not routed).
+                let wait = if taken > 0 {
+                    Duration::ZERO
+                } else if shared.state().owned.is_empty() {
+                    POLL / 10
+                } else {
+                    POLL
+                };
+                fetch.consume(wait, &mut batch);
+                if !batch.is_empty() {
+                    let mut state = shared.state();
+                    for message in batch.drain(..) {
+                        let view = message.view();
+                        match view.error() {
+                            None => {
+                                state.accept(view)?;
+                                taken += 1;
+                            }
+                            Some(e) => consumer_error(&shared, e)?,
+                        }
+                    }
+                }
+            }
+            let mut state = shared.state();
+            if taken > 0 {
+                last_message = Instant::now();
+                state.last_taken_at = Some(last_message);
             }
             let quiet = last_message.elapsed().min(state.assigned_at.elapsed());
             let idle = options.exit_when_idle.is_some_and(|d| quiet >= d);
@@ -933,6 +976,7 @@ fn table_loop(
             }
         }
     })();
+    drop(batch);
     if let Err(e) = &result {
         health.failed.store(true, Ordering::Relaxed);
         error!(%table, error = %e, "stopping; the open batch is dropped and will be read again");
@@ -943,11 +987,24 @@ fn table_loop(
             health.failed.store(true, Ordering::Relaxed);
         })?;
     }
-    // Leaving the group: the revocation callback finds nothing open.
+    // Leaving the group: the revocation callback finds nothing open. Partitions assigned
+    // from here on stay on the consumer's queue; the fetch queue goes before the consumer.
+    shared.fetch.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(fetch);
     consumer.unsubscribe();
     drop(consumer);
     let report = shared.state().report.clone();
     result.map(|()| report)
+}
+
+/// Counts and logs an error the consumer delivered; a fatal one stops the table.
+fn consumer_error(shared: &Shared, e: KafkaError) -> Result<(), IngestError> {
+    shared.metrics.kafka_errors.get_or_create(&shared.label).inc();
+    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
+        return Err(IngestError::Kafka { table: shared.label.table.clone(), cause: e });
+    }
+    warn!(table = %shared.label.table, error = %e, "consuming");
+    Ok(())
 }
 
 /// Commits the open batch. A conflict, or a failure (storage unreachable, a write refused),

@@ -75,6 +75,10 @@ pub struct KafkaRecord {
 }
 
 impl KafkaRun {
+    pub fn with_capacity(records: usize, bytes: usize) -> KafkaRun {
+        KafkaRun { topic: None, bytes: Vec::with_capacity(bytes), records: Vec::with_capacity(records) }
+    }
+
     pub fn push(
         &mut self,
         payload: &[u8],
