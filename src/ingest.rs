@@ -322,6 +322,36 @@ fn commit_group_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets:
     }
 }
 
+/// A consumed message as the table takes it: read through its view, and kept in a run
+/// either as a copy (a message of the consumer's queue, which librdkafka's event owns) or
+/// whole (a message of the fetch queue, read in place by a worker).
+trait Incoming {
+    fn view(&self) -> MessageView<'_>;
+    /// Adds the message to `run`, its payload `skip` bytes into its value.
+    fn keep(self, run: &mut KafkaRun, skip: usize, timestamp_ms: Option<i64>);
+}
+
+impl Incoming for MessageView<'_> {
+    fn view(&self) -> MessageView<'_> {
+        *self
+    }
+
+    fn keep(self, run: &mut KafkaRun, skip: usize, timestamp_ms: Option<i64>) {
+        let payload = self.payload().map_or(&[][..], |v| &v[skip..]);
+        run.push(payload, self.partition(), self.offset(), timestamp_ms, self.headers());
+    }
+}
+
+impl Incoming for Fetched {
+    fn view(&self) -> MessageView<'_> {
+        Fetched::view(self)
+    }
+
+    fn keep(self, run: &mut KafkaRun, skip: usize, timestamp_ms: Option<i64>) {
+        run.hold(self, skip, timestamp_ms);
+    }
+}
+
 /// One table's batch, writers and positions.
 struct TableState {
     name: String,
@@ -579,29 +609,100 @@ impl TableState {
         }
     }
 
-    /// Takes a message into the open batch.
-    fn accept(&mut self, message: MessageView<'_>) -> Result<(), IngestError> {
+    /// Takes messages of one partition, in the order consumed, into the open batch. The
+    /// partition's bookkeeping (owned, pending, awaited offsets) is looked up once for the
+    /// group rather than once a message.
+    fn accept<M: Incoming>(&mut self, group: &mut Vec<M>) -> Result<(), IngestError> {
+        let Some(first) = group.first().map(Incoming::view) else { return Ok(()) };
         // The topic's name is shared by every key and coordinate (no allocation per message).
         let topic = match &self.topic_name {
-            Some((handle, t)) if *handle == message.topic_handle() => t.clone(),
+            Some((handle, t)) if *handle == first.topic_handle() => t.clone(),
             _ => {
-                let t: Arc<str> = Arc::from(message.topic());
-                self.topic_name = Some((message.topic_handle(), t.clone()));
+                let t: Arc<str> = Arc::from(first.topic());
+                self.topic_name = Some((first.topic_handle(), t.clone()));
                 t
             }
         };
-        let tp = (topic.clone(), message.partition());
-        let offset = message.offset();
+        let (handle, tp) = (first.topic_handle(), (topic, first.partition()));
         let Some(&done) = self.owned.get(&tp) else {
-            // A message fetched before its partition was revoked.
-            self.skip();
+            // Messages fetched before their partition was revoked.
+            self.skip(group.len());
+            group.clear();
             return Ok(());
         };
-        if offset <= done || self.pending.get(&tp).is_some_and(|p| offset <= *p) {
-            self.skip();
-            return Ok(());
+        // Offsets at or below this were committed or are already in the open batch.
+        let mut last = self.pending.get(&tp).map_or(done, |&p| p.max(done));
+        let before = last;
+        let mut skipped = 0;
+        if self.run.topic.as_ref().is_some_and(|t| !Arc::ptr_eq(t, &tp.0) && *t != tp.0) {
+            self.deal()?;
         }
-        if let Some(start) = self.awaiting.remove(&tp) {
+        for incoming in group.drain(..) {
+            let message = incoming.view();
+            debug_assert_eq!((message.topic_handle(), message.partition()), (handle, tp.1));
+            let offset = message.offset();
+            if offset <= last {
+                skipped += 1;
+                continue;
+            }
+            if last == before {
+                self.check_start(&tp, offset);
+            }
+            last = offset;
+            let value = message.payload();
+            let len = value.map_or(0, |v| v.len() as u64);
+            self.report.records += 1;
+            self.records_unreported += 1;
+            self.input_bytes_since_commit += len;
+            self.bytes_unreported += len;
+            self.records_since_commit += 1;
+            match value.map(|v| (v, self.unframer.payload(v))) {
+                Some((value, Ok(payload))) => {
+                    self.run.topic.get_or_insert_with(|| tp.0.clone());
+                    // The payload is the value past its framing.
+                    let skip = value.len() - payload.len();
+                    debug_assert_eq!(payload.as_ptr(), value[skip..].as_ptr());
+                    let timestamp_ms = message.timestamp_ms();
+                    incoming.keep(&mut self.run, skip, timestamp_ms);
+                    if self.run.len() >= RUN_RECORDS {
+                        self.deal()?;
+                    }
+                }
+                Some((raw, Err(e))) => self.dead_since_commit.push(DeadLetter {
+                    raw: raw.to_vec(),
+                    reason: e.reason.into(),
+                    message: e.message,
+                    field_path: String::new(),
+                    coordinates: message.coordinates(tp.0.clone()),
+                    headers: message.headers().unwrap_or_default(),
+                }),
+                None => self.dead_since_commit.push(DeadLetter {
+                    raw: Vec::new(),
+                    reason: "no_value".into(),
+                    message: "the message has no value (a tombstone?); a record needs the serialized message".into(),
+                    field_path: String::new(),
+                    coordinates: message.coordinates(tp.0.clone()),
+                    headers: message.headers().unwrap_or_default(),
+                }),
+            }
+        }
+        if skipped > 0 {
+            self.skip(skipped);
+        }
+        if last > before {
+            self.pending.insert(tp, last);
+            if self.oldest_pending.is_none() {
+                let now = Instant::now();
+                self.oldest_pending = Some(now);
+                self.first_message_at.get_or_insert(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the first message taken after a partition was (re)started against the offset asked for.
+    fn check_start(&mut self, tp: &Tp, offset: i64) {
+        if let Some(start) = self.awaiting.remove(tp) {
             if offset > start {
                 // Normal for compacted topics and transaction markers; anything else means the
                 // broker skipped records, which must not pass unnoticed.
@@ -614,47 +715,6 @@ impl TableState {
                 );
             }
         }
-        let value = message.payload();
-        self.report.records += 1;
-        self.records_unreported += 1;
-        self.input_bytes_since_commit += value.map_or(0, |v| v.len() as u64);
-        self.bytes_unreported += value.map_or(0, |v| v.len() as u64);
-        match value.map(|v| (v, self.unframer.payload(v))) {
-            Some((_, Ok(payload))) => {
-                if self.run.topic.as_ref().is_some_and(|t| *t != topic) {
-                    self.deal()?;
-                }
-                self.run.topic.get_or_insert_with(|| topic.clone());
-                self.run.push(payload, tp.1, offset, message.timestamp_ms(), message.headers());
-            }
-            Some((raw, Err(e))) => self.dead_since_commit.push(DeadLetter {
-                raw: raw.to_vec(),
-                reason: e.reason.into(),
-                message: e.message,
-                field_path: String::new(),
-                coordinates: message.coordinates(topic),
-                headers: message.headers().unwrap_or_default(),
-            }),
-            None => self.dead_since_commit.push(DeadLetter {
-                raw: Vec::new(),
-                reason: "no_value".into(),
-                message: "the message has no value (a tombstone?); a record needs the serialized message".into(),
-                field_path: String::new(),
-                coordinates: message.coordinates(topic),
-                headers: message.headers().unwrap_or_default(),
-            }),
-        }
-        self.records_since_commit += 1;
-        self.pending.insert(tp, offset);
-        if self.oldest_pending.is_none() {
-            let now = Instant::now();
-            self.oldest_pending = Some(now);
-            self.first_message_at.get_or_insert(now);
-        }
-        if self.run.len() >= RUN_RECORDS {
-            self.deal()?;
-        }
-        Ok(())
     }
 
     /// Hands the messages taken to a worker.
@@ -679,9 +739,9 @@ impl TableState {
         }
     }
 
-    fn skip(&mut self) {
-        self.report.skipped += 1;
-        self.metrics.skipped.get_or_create(&self.label).inc();
+    fn skip(&mut self, messages: usize) {
+        self.report.skipped += messages as u64;
+        self.metrics.skipped.get_or_create(&self.label).inc_by(messages as u64);
     }
 
     /// Whether the open batch should be committed now.
@@ -903,11 +963,14 @@ fn table_loop(
     // queue is polled without waiting between batches for rebalances, errors and statistics.
     let fetch = FetchQueue::new(&consumer).map(Arc::new);
     *shared.fetch.lock().unwrap_or_else(|p| p.into_inner()) = fetch.clone();
+    // Declared after the consumer and the fetch queue, so dropped before them on every way out.
+    let drained = Drained(&shared);
     consumer.subscribe(&[&topic]).map_err(kafka_err)?;
     health.ready.store(true, Ordering::Relaxed);
     info!(%table, %topic, "consuming");
     let mut last_message = Instant::now();
     let mut batch: Vec<Fetched> = Vec::with_capacity(crate::source::kafka::FETCH_BATCH);
+    let mut group: Vec<Fetched> = Vec::with_capacity(crate::source::kafka::FETCH_BATCH);
     let result = (|| -> Result<(), IngestError> {
         loop {
             health.turn();
@@ -925,7 +988,7 @@ fn table_loop(
                 let mut state = shared.state();
                 match polled {
                     Ok(message) => {
-                        state.accept(MessageView::of(&message))?;
+                        state.accept(&mut vec![MessageView::of(&message)])?;
                         taken += 1;
                     }
                     Err(e) => consumer_error(&shared, e)?,
@@ -947,17 +1010,29 @@ fn table_loop(
                 };
                 fetch.consume(wait, &mut batch);
                 if !batch.is_empty() {
+                    // Consecutive messages of one partition are taken as a group; the state
+                    // stays locked for the whole batch, so no rebalance comes between them.
                     let mut state = shared.state();
                     for message in batch.drain(..) {
                         let view = message.view();
-                        match view.error() {
-                            None => {
-                                state.accept(view)?;
-                                taken += 1;
-                            }
-                            Some(e) => consumer_error(&shared, e)?,
+                        if let Some(e) = view.error() {
+                            drop(message);
+                            taken += group.len();
+                            state.accept(&mut group)?;
+                            consumer_error(&shared, e)?;
+                            continue;
                         }
+                        if group.last().is_some_and(|g: &Fetched| {
+                            let g = g.view();
+                            (g.topic_handle(), g.partition()) != (view.topic_handle(), view.partition())
+                        }) {
+                            taken += group.len();
+                            state.accept(&mut group)?;
+                        }
+                        group.push(message);
                     }
+                    taken += group.len();
+                    state.accept(&mut group)?;
                 }
             }
             let mut state = shared.state();
@@ -989,12 +1064,28 @@ fn table_loop(
     }
     // Leaving the group: the revocation callback finds nothing open. Partitions assigned
     // from here on stay on the consumer's queue; the fetch queue goes before the consumer.
-    shared.fetch.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(drained);
     drop(fetch);
     consumer.unsubscribe();
     drop(consumer);
     let report = shared.state().report.clone();
     result.map(|()| report)
+}
+
+/// Releases, when a table's loop ends however it ends, every message its runs still hold
+/// (the workers drained) and the shared reference to the fetch queue: both must go before
+/// the consumer does.
+struct Drained<'a>(&'a Shared);
+
+impl Drop for Drained<'_> {
+    fn drop(&mut self) {
+        {
+            let mut state = self.0.state();
+            state.run = KafkaRun::default();
+            state.pool.drain();
+        }
+        self.0.fetch.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
 /// Counts and logs an error the consumer delivered; a fatal one stops the table.

@@ -56,22 +56,34 @@ pub enum Run {
     Dead(DeadLetter),
 }
 
-/// Kafka messages' payloads and where each came from.
+/// Kafka messages of one topic and where each came from.
 #[derive(Default)]
 pub struct KafkaRun {
     pub topic: Option<Arc<str>>,
+    /// The payloads of copied messages, back to back.
     pub bytes: Vec<u8>,
     pub records: Vec<KafkaRecord>,
 }
 
 pub struct KafkaRecord {
-    /// The payload's end in the run's bytes (it starts where the previous one ends).
-    pub end: usize,
     pub partition: i32,
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
-    /// The message's headers when it has any (kept for its dead letter, should it become one).
-    pub headers: Option<Headers>,
+    pub body: KafkaBody,
+}
+
+/// Where a record's payload is.
+pub enum KafkaBody {
+    /// Copied into the run's bytes, ending at `end` (it starts where the previous copied one
+    /// ends); with the message's headers when it has any (kept for its dead letter, should it
+    /// become one).
+    Copied { end: usize, headers: Option<Headers> },
+    /// In the message itself, `skip` bytes into its value (past the framing), which the worker
+    /// reads in place and releases: no copy, and headers parsed only for a record that needs
+    /// them (a header column, a dead letter). A pool holding such messages must be drained
+    /// ([`Pool::drain`]) before their consumer goes.
+    #[cfg(feature = "kafka")]
+    Held { message: crate::source::kafka::Fetched, skip: usize },
 }
 
 impl KafkaRun {
@@ -79,6 +91,7 @@ impl KafkaRun {
         KafkaRun { topic: None, bytes: Vec::with_capacity(bytes), records: Vec::with_capacity(records) }
     }
 
+    /// Adds a record whose payload is copied.
     pub fn push(
         &mut self,
         payload: &[u8],
@@ -88,7 +101,18 @@ impl KafkaRun {
         headers: Option<Headers>,
     ) {
         self.bytes.extend_from_slice(payload);
-        self.records.push(KafkaRecord { end: self.bytes.len(), partition, offset, timestamp_ms, headers });
+        let body = KafkaBody::Copied { end: self.bytes.len(), headers };
+        self.records.push(KafkaRecord { partition, offset, timestamp_ms, body });
+    }
+
+    /// Adds a record read in place from its message.
+    #[cfg(feature = "kafka")]
+    pub fn hold(&mut self, message: crate::source::kafka::Fetched, skip: usize, timestamp_ms: Option<i64>) {
+        let (partition, offset) = {
+            let view = message.view();
+            (view.partition(), view.offset())
+        };
+        self.records.push(KafkaRecord { partition, offset, timestamp_ms, body: KafkaBody::Held { message, skip } });
     }
 
     pub fn len(&self) -> usize {
@@ -108,6 +132,8 @@ enum Job {
     },
     /// Drop everything since the last flush marker.
     Abandon,
+    /// Answer once every job queued before this one is done (and its run dropped).
+    Barrier(sync_mpsc::Sender<()>),
 }
 
 /// One worker's part of an epoch.
@@ -261,6 +287,24 @@ impl Pool {
         }
         Ok(())
     }
+
+    /// Abandons what the workers hold and returns once every run dealt so far has been
+    /// dropped (a worker that ended has dropped its queue): after this no message of a run
+    /// is alive, and the consumer they came from may go.
+    pub fn drain(&mut self) {
+        let (answer, answered) = sync_mpsc::channel();
+        let asked = self
+            .jobs
+            .iter()
+            .filter(|jobs| jobs.send(Job::Abandon).is_ok() && jobs.send(Job::Barrier(answer.clone())).is_ok())
+            .count();
+        drop(answer);
+        for _ in 0..asked {
+            if answered.recv().is_err() {
+                break;
+            }
+        }
+    }
 }
 
 fn gone() -> WorkerError {
@@ -344,6 +388,9 @@ impl Worker {
                     self.drop_all();
                     self.failed = None;
                 }
+                Job::Barrier(answer) => {
+                    let _ = answer.send(());
+                }
             }
         }
     }
@@ -391,10 +438,20 @@ impl Worker {
                         offset: record.offset,
                         timestamp_ms: record.timestamp_ms,
                     };
-                    let payload = &run.bytes[start..record.end];
-                    start = record.end;
-                    let headers = record.headers;
-                    self.pipeline.push_with_headers(payload, &coordinates, || headers.unwrap_or_default());
+                    match record.body {
+                        KafkaBody::Copied { end, headers } => {
+                            let payload = &run.bytes[start..end];
+                            start = end;
+                            self.pipeline.push_with_headers(payload, &coordinates, || headers.unwrap_or_default());
+                        }
+                        #[cfg(feature = "kafka")]
+                        KafkaBody::Held { message, skip } => {
+                            let view = message.view();
+                            let payload = view.payload().map_or(&[][..], |v| v.get(skip..).unwrap_or_default());
+                            self.pipeline
+                                .push_with_headers(payload, &coordinates, || view.headers().unwrap_or_default());
+                        }
+                    }
                     if self.pipeline.pending() >= DECODE_BATCH {
                         runtime.block_on(self.hand_over())?;
                     }

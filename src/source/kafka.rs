@@ -189,10 +189,17 @@ impl<'a> MessageView<'a> {
 /// The most messages one [`FetchQueue::consume`] returns.
 pub const FETCH_BATCH: usize = 1024;
 
-/// A message taken from a [`FetchQueue`], handed back to librdkafka when dropped.
+/// A message taken from a [`FetchQueue`], handed back to librdkafka when dropped. It may be
+/// read and dropped on another thread (a worker reads it in place), but must be dropped
+/// before its consumer: a pool holding such messages is drained first.
 pub struct Fetched {
     message: NonNull<rd::rd_kafka_message_t>,
 }
+
+// SAFETY: librdkafka's messages are not tied to the thread that consumed them: reading one
+// and `rd_kafka_message_destroy` are safe from any thread while the client is alive, which
+// the owner of the consumer ensures (above). A message is never shared, only moved.
+unsafe impl Send for Fetched {}
 
 impl Fetched {
     pub fn view(&self) -> MessageView<'_> {
