@@ -500,3 +500,55 @@ pub fn cut_record(expected: Option<u64>, partial: Vec<u8>, coordinates: Coordina
         headers: Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::{EventTime, ParquetOptions, TimeUnit};
+    use crate::decode::{DecodeOptions, Decoder};
+    use crate::sink::{Location, TableWriter};
+
+    #[test]
+    fn drain_returns_only_once_every_run_dealt_is_dropped() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
+        let fds = protox::compile(["protolake/examples/v1/events.proto"], [dir]).unwrap();
+        let pool = crate::decode::Pool::from_prost(&fds).unwrap();
+        let decoder = Decoder::new(&pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
+        let event_time = EventTime { field: "ts_ms".into(), unit: Some(TimeUnit::Milliseconds) };
+        let pipelines = pipelines(decoder, None, None, Some(&event_time), 1 << 20, &[], 3).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let place = Location::new(work.path().join("t").display().to_string());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let data = runtime
+            .block_on(TableWriter::open_or_create(
+                &place,
+                pipelines[0].table_schema(),
+                pipelines[0].partition_columns(),
+                HashMap::new(),
+                &ParquetOptions::default(),
+                64 << 20,
+            ))
+            .unwrap();
+        let (mut pool, _parts) =
+            Pool::start("drain-test", pipelines, || data.file_writer(), 1 << 20, runtime.handle()).unwrap();
+        // Each run holds a reference to `source`: a run alive anywhere in the pool keeps one.
+        // Records that do not decode, so that each run costs its worker some work.
+        let source: Arc<str> = Arc::from("in.pb");
+        let mut bytes = Vec::new();
+        for i in 0..2_000u32 {
+            crate::source::file::write_delimited(&mut bytes, &i.to_le_bytes().repeat(9)).unwrap();
+        }
+        for r in 0..40 {
+            pool.deal(Run::File { source: Arc::clone(&source), first: r * 2_000, bytes: bytes.clone(), start: 0 })
+                .unwrap();
+        }
+        pool.drain();
+        assert_eq!(Arc::strong_count(&source), 1, "a run dealt before drain() is still alive after it");
+        // The workers are clean and take runs again.
+        pool.deal(Run::File { source: Arc::clone(&source), first: 0, bytes, start: 0 }).unwrap();
+        pool.drain();
+        assert_eq!(Arc::strong_count(&source), 1);
+    }
+}
