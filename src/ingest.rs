@@ -327,8 +327,9 @@ fn commit_group_offsets<C: ConsumerContext>(consumer: &BaseConsumer<C>, offsets:
 /// whole (a message of the fetch queue, read in place by a worker).
 trait Incoming {
     fn view(&self) -> MessageView<'_>;
-    /// Adds the message to `run`, its payload `skip` bytes into its value.
-    fn keep(self, run: &mut KafkaRun, skip: usize, timestamp_ms: Option<i64>);
+    /// Adds the message to `run`, its payload `skip` bytes into its value; `at` is its
+    /// (partition, offset, timestamp), as the caller read them.
+    fn keep(self, run: &mut KafkaRun, skip: usize, at: (i32, i64, Option<i64>));
 }
 
 impl Incoming for MessageView<'_> {
@@ -336,9 +337,9 @@ impl Incoming for MessageView<'_> {
         *self
     }
 
-    fn keep(self, run: &mut KafkaRun, skip: usize, timestamp_ms: Option<i64>) {
+    fn keep(self, run: &mut KafkaRun, skip: usize, (partition, offset, timestamp_ms): (i32, i64, Option<i64>)) {
         let payload = self.payload().map_or(&[][..], |v| &v[skip..]);
-        run.push(payload, self.partition(), self.offset(), timestamp_ms, self.headers());
+        run.push(payload, partition, offset, timestamp_ms, self.headers());
     }
 }
 
@@ -347,8 +348,8 @@ impl Incoming for Fetched {
         Fetched::view(self)
     }
 
-    fn keep(self, run: &mut KafkaRun, skip: usize, timestamp_ms: Option<i64>) {
-        run.hold(self, skip, timestamp_ms);
+    fn keep(self, run: &mut KafkaRun, skip: usize, (partition, offset, timestamp_ms): (i32, i64, Option<i64>)) {
+        run.hold(self, skip, partition, offset, timestamp_ms);
     }
 }
 
@@ -611,9 +612,11 @@ impl TableState {
 
     /// Takes messages of one partition, in the order consumed, into the open batch. The
     /// partition's bookkeeping (owned, pending, awaited offsets) is looked up once for the
-    /// group rather than once a message.
-    fn accept<M: Incoming>(&mut self, group: &mut Vec<M>) -> Result<(), IngestError> {
-        let Some(first) = group.first().map(Incoming::view) else { return Ok(()) };
+    /// group rather than once a message. Empties `group`; answers how many messages it held
+    /// (taken or skipped).
+    fn accept<M: Incoming>(&mut self, group: &mut Vec<M>) -> Result<usize, IngestError> {
+        let taken = group.len();
+        let Some(first) = group.first().map(Incoming::view) else { return Ok(0) };
         // The topic's name is shared by every key and coordinate (no allocation per message).
         let topic = match &self.topic_name {
             Some((handle, t)) if *handle == first.topic_handle() => t.clone(),
@@ -626,15 +629,15 @@ impl TableState {
         let (handle, tp) = (first.topic_handle(), (topic, first.partition()));
         let Some(&done) = self.owned.get(&tp) else {
             // Messages fetched before their partition was revoked.
-            self.skip(group.len());
+            self.skip(taken);
             group.clear();
-            return Ok(());
+            return Ok(taken);
         };
         // Offsets at or below this were committed or are already in the open batch.
         let mut last = self.pending.get(&tp).map_or(done, |&p| p.max(done));
         let before = last;
         let mut skipped = 0;
-        if self.run.topic.as_ref().is_some_and(|t| !Arc::ptr_eq(t, &tp.0) && *t != tp.0) {
+        if self.run.topic.as_ref().is_some_and(|t| *t != tp.0) {
             self.deal()?;
         }
         for incoming in group.drain(..) {
@@ -663,7 +666,7 @@ impl TableState {
                     let skip = value.len() - payload.len();
                     debug_assert_eq!(payload.as_ptr(), value[skip..].as_ptr());
                     let timestamp_ms = message.timestamp_ms();
-                    incoming.keep(&mut self.run, skip, timestamp_ms);
+                    incoming.keep(&mut self.run, skip, (tp.1, offset, timestamp_ms));
                     if self.run.len() >= RUN_RECORDS {
                         self.deal()?;
                     }
@@ -697,7 +700,7 @@ impl TableState {
                 self.first_message_at.get_or_insert(now);
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// Checks the first message taken after a partition was (re)started against the offset asked for.
@@ -987,10 +990,7 @@ fn table_loop(
             if let Some(polled) = polled {
                 let mut state = shared.state();
                 match polled {
-                    Ok(message) => {
-                        state.accept(&mut vec![MessageView::of(&message)])?;
-                        taken += 1;
-                    }
+                    Ok(message) => taken += state.accept(&mut vec![MessageView::of(&message)])?,
                     Err(e) => consumer_error(&shared, e)?,
                 }
             }
@@ -1017,8 +1017,7 @@ fn table_loop(
                         let view = message.view();
                         if let Some(e) = view.error() {
                             drop(message);
-                            taken += group.len();
-                            state.accept(&mut group)?;
+                            taken += state.accept(&mut group)?;
                             consumer_error(&shared, e)?;
                             continue;
                         }
@@ -1026,13 +1025,11 @@ fn table_loop(
                             let g = g.view();
                             (g.topic_handle(), g.partition()) != (view.topic_handle(), view.partition())
                         }) {
-                            taken += group.len();
-                            state.accept(&mut group)?;
+                            taken += state.accept(&mut group)?;
                         }
                         group.push(message);
                     }
-                    taken += group.len();
-                    state.accept(&mut group)?;
+                    taken += state.accept(&mut group)?;
                 }
             }
             let mut state = shared.state();

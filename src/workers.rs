@@ -107,11 +107,14 @@ impl KafkaRun {
 
     /// Adds a record read in place from its message.
     #[cfg(feature = "kafka")]
-    pub fn hold(&mut self, message: crate::source::kafka::Fetched, skip: usize, timestamp_ms: Option<i64>) {
-        let (partition, offset) = {
-            let view = message.view();
-            (view.partition(), view.offset())
-        };
+    pub fn hold(
+        &mut self,
+        message: crate::source::kafka::Fetched,
+        skip: usize,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+    ) {
         self.records.push(KafkaRecord { partition, offset, timestamp_ms, body: KafkaBody::Held { message, skip } });
     }
 
