@@ -191,7 +191,14 @@ pub async fn run(spec: BackfillSpec, progress: &dyn Progress) -> Result<Backfill
 
     let shared = Arc::new(Shared::default());
     let runtime = tokio::runtime::Handle::current();
-    let (pool, mut parts) = Pool::start("backfill", pipelines, || data.file_writer(), spec.max_record_bytes, &runtime)?;
+    let (pool, mut parts) = Pool::start(
+        "backfill",
+        pipelines,
+        || data.file_writer(),
+        spec.max_record_bytes,
+        crate::workers::FILE_RUNS_QUEUED,
+        &runtime,
+    )?;
     let (events_tx, mut events_rx) = mpsc::channel::<ReaderEvent>(1);
     let reader = Reader {
         pool,

@@ -459,6 +459,7 @@ impl TableState {
             pipelines,
             || data.file_writer(),
             max_record_bytes,
+            crate::workers::KAFKA_RUNS_QUEUED,
             &Handle::current(),
         )
         .map_err(|cause| workers_error(&name, cause))?;

@@ -27,9 +27,50 @@ use crate::source::{Coordinates, Headers};
 /// Rows decoded between two hand-overs to the Parquet writer.
 const DECODE_BATCH: usize = 65_536;
 
-/// Runs waiting for each worker: enough that a worker never waits for the dealer, few enough
-/// that the input in flight stays a few MiB.
-const RUNS_QUEUED: usize = 4;
+/// Runs waiting for each worker of a backfill (runs of 256 KiB of input): enough that a worker
+/// never waits for the reader, few enough that the input in flight stays a few MiB.
+pub const FILE_RUNS_QUEUED: usize = 8;
+
+/// Runs waiting for each worker of the ingest daemon (runs of up to 2,048 messages, which keep
+/// librdkafka's fetch buffers alive until they are decoded).
+pub const KAFKA_RUNS_QUEUED: usize = 4;
+
+/// The jobs the workers have taken, counted, and the dealer's wait for more of them.
+#[derive(Default)]
+struct Takes {
+    count: AtomicU64,
+    /// The count the waiting dealer wakes at (`u64::MAX`: it is not waiting).
+    wake_at: AtomicU64,
+    lock: std::sync::Mutex<()>,
+    signal: std::sync::Condvar,
+}
+
+impl Takes {
+    fn new() -> Takes {
+        Takes { wake_at: AtomicU64::new(u64::MAX), ..Takes::default() }
+    }
+
+    /// A worker took a job: wakes the dealer when the count reaches what it waits for.
+    fn took(&self) {
+        let count = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        if count >= self.wake_at.load(Ordering::SeqCst) {
+            // Under the lock, so that a dealer between its check and its wait is not missed.
+            let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.signal.notify_one();
+        }
+    }
+
+    /// Waits until `more` jobs have been taken after `seen` (or a bound passes, so that a
+    /// worker that ended is noticed by the next try).
+    fn wait(&self, seen: u64, more: u64) {
+        let held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake_at.store(seen + more, Ordering::SeqCst);
+        if self.count.load(Ordering::SeqCst) < seen + more {
+            let _ = self.signal.wait_timeout(held, std::time::Duration::from_millis(100));
+        }
+        self.wake_at.store(u64::MAX, Ordering::SeqCst);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -178,10 +219,14 @@ pub fn pipelines(
 /// The workers of one table, and what they hand back.
 pub struct Pool {
     jobs: Vec<sync_mpsc::SyncSender<Job>>,
-    /// Jobs taken by the workers so far, and the signal of each take: a dealer finding every
-    /// queue full waits for the next take, whichever worker makes it, rather than for one
-    /// worker's queue (that worker may be busy encoding while another has run dry).
-    taken: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
+    /// Jobs taken by the workers so far: a dealer finding every queue full waits for takes,
+    /// whichever workers make them, rather than for one worker's queue (that worker may be busy
+    /// encoding while another runs dry).
+    taken: Arc<Takes>,
+    /// Takes a dealer that found every queue full waits for before it deals again: half a
+    /// queue, so that no worker can run dry meanwhile (it still has the other half), and the
+    /// dealer and the workers trade one wake-up per this many runs rather than one per run.
+    wake_after: u64,
     /// The worker tried first for the next run.
     next: usize,
     /// Per worker: Parquet bytes written since its last flush marker.
@@ -197,21 +242,23 @@ pub type Parts = mpsc::Receiver<Arrival>;
 
 impl Pool {
     /// Starts one worker per pipeline, each writing files of its own with `files`, on the
-    /// async runtime of `runtime` for their uploads.
+    /// async runtime of `runtime` for their uploads; each worker's queue holds `queued` runs.
     pub fn start(
         name: &str,
         pipelines: Vec<TablePipeline>,
         mut files: impl FnMut() -> Result<FileWriter, SinkError>,
         max_record_bytes: usize,
+        queued: usize,
         runtime: &tokio::runtime::Handle,
     ) -> Result<(Pool, Parts), WorkerError> {
+        let queued = queued.max(2);
         let n = pipelines.len();
         let buffered: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
-        let taken = Arc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
+        let taken = Arc::new(Takes::new());
         let (done_tx, done_rx) = mpsc::channel(n * 2);
         let mut jobs = Vec::with_capacity(n);
         for (index, pipeline) in pipelines.into_iter().enumerate() {
-            let (tx, rx) = sync_mpsc::sync_channel::<Job>(RUNS_QUEUED);
+            let (tx, rx) = sync_mpsc::sync_channel::<Job>(queued);
             jobs.push(tx);
             let mut worker = Worker {
                 pipeline,
@@ -231,7 +278,7 @@ impl Pool {
                 .spawn(move || worker.work(rx, done, &runtime))
                 .map_err(|e| WorkerError::Gone(format!("cannot start a worker thread: {e}")))?;
         }
-        Ok((Pool { jobs, taken, next: 0, buffered, epoch: 0 }, done_rx))
+        Ok((Pool { jobs, taken, wake_after: (queued / 2) as u64, next: 0, buffered, epoch: 0 }, done_rx))
     }
 
     pub fn workers(&self) -> usize {
@@ -248,9 +295,8 @@ impl Pool {
     pub fn deal(&mut self, run: Run) -> Result<(), WorkerError> {
         let n = self.jobs.len();
         let mut job = Job::Run(run);
-        let (count, signal) = &*self.taken;
         loop {
-            let seen = *count.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = self.taken.count.load(Ordering::SeqCst);
             for i in 0..n {
                 let w = (self.next + i) % n;
                 match self.jobs[w].try_send(job) {
@@ -262,13 +308,9 @@ impl Pool {
                     Err(sync_mpsc::TrySendError::Disconnected(_)) => return Err(gone()),
                 }
             }
-            // Every queue was full: wait for a take after `seen` (one that came in between
-            // is not missed: the count has moved), with a bound, so that a worker that ended
-            // is noticed by the next try.
-            let guard = count.lock().unwrap_or_else(|p| p.into_inner());
-            if *guard == seen {
-                let _ = signal.wait_timeout(guard, std::time::Duration::from_millis(100));
-            }
+            // Every queue was full: wait until half a queue's worth has been taken (takes that
+            // came in between count: the count has moved past `seen`).
+            self.taken.wait(seen, self.wake_after);
         }
     }
 
@@ -353,18 +395,14 @@ struct Worker {
     failed: Option<WorkerError>,
     max_record_bytes: usize,
     buffered: Arc<Vec<AtomicU64>>,
-    taken: Arc<(std::sync::Mutex<u64>, std::sync::Condvar)>,
+    taken: Arc<Takes>,
     index: usize,
 }
 
 impl Worker {
     fn work(&mut self, jobs: sync_mpsc::Receiver<Job>, done: mpsc::Sender<Arrival>, runtime: &tokio::runtime::Handle) {
         for job in jobs {
-            {
-                let (count, signal) = &*self.taken;
-                *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-                signal.notify_one();
-            }
+            self.taken.took();
             match job {
                 Job::Run(run) => {
                     if self.failed.is_some() {
@@ -535,7 +573,8 @@ mod tests {
             ))
             .unwrap();
         let (mut pool, _parts) =
-            Pool::start("drain-test", pipelines, || data.file_writer(), 1 << 20, runtime.handle()).unwrap();
+            Pool::start("drain-test", pipelines, || data.file_writer(), 1 << 20, FILE_RUNS_QUEUED, runtime.handle())
+                .unwrap();
         // Each run holds a reference to `source`: a run alive anywhere in the pool keeps one.
         // Records that do not decode, so that each run costs its worker some work.
         let source: Arc<str> = Arc::from("in.pb");
