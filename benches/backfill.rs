@@ -9,8 +9,13 @@
 //! decode and Parquet alone; `--yardstick` runs only the yardstick: the records framed, decoded
 //! and their 8 payload columns Parquet-encoded to memory, no table; timed as a whole process
 //! in turn with a backfill, it gives a ratio that the machine's drift does not move).
-//! Prints each run's rows/s, rows per CPU-second and peak RSS, then the medians: the wall-clock
-//! ratio to the first worker count and the per-CPU ratio to the yardstick.
+//! Each round runs the yardstick, then each worker count, each in a process of its own. Prints
+//! each run's rows/s, rows per CPU-second and peak RSS, its wall-clock ratio to the first worker
+//! count and its rows per CPU-second against the yardstick of its round; then the medians of
+//! those ratios.
+//! `--column-threads N` (with `--column-rows R`, default 4,000,000) measures the other way of
+//! spreading Parquet encoding over cores: the payload columns of one writer encoded on N
+//! threads (arrow-rs's `ArrowColumnWriter`), against the same writer on one thread.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -62,7 +67,9 @@ fn main() {
     let pool = Pool::from_prost(&fds).unwrap();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--yardstick") {
+        let started = Instant::now();
         let (decode_cpu, parquet_cpu, out_bytes) = yardstick(&pool, &input, n);
+        let wall = started.elapsed().as_secs_f64();
         println!(
             "yardstick: {n} flat events framed, decoded and Parquet-encoded (8 payload columns, zstd 1) to memory:"
         );
@@ -74,7 +81,16 @@ fn main() {
             out_bytes as f64 / n as f64
         );
         println!("  peak RSS {:.0} MiB", peak_rss_mib());
-        println!("RESULT {n} 0 {} {}", decode_cpu + parquet_cpu, peak_rss_mib());
+        println!("RESULT {n} {wall} {} {}", decode_cpu + parquet_cpu, peak_rss_mib());
+        return;
+    }
+    if let Some(threads) = args.iter().position(|a| a == "--column-threads").and_then(|i| args.get(i + 1)) {
+        column_threads(
+            &pool,
+            &input,
+            n.min(arg("--column-rows", 4_000_000)),
+            threads.parse().expect("--column-threads N"),
+        );
         return;
     }
     if let Some(workers) = args.iter().position(|a| a == "--one").and_then(|i| args.get(i + 1)) {
@@ -90,42 +106,72 @@ fn main() {
         "backfill of {n} flat events ({:.0} bytes each on the wire, zstd level 1), {pairs} interleaved rounds of {workers:?} workers:",
         input_bytes as f64 / n as f64
     );
-    let yard = child(&input, n, &["--yardstick"]);
-    let yard_rate = n as f64 / yard.cpu;
-    println!("  yardstick (decode + Parquet of the payload, one thread): {:.2} M rows per CPU-second", yard_rate / 1e6);
-    let mut runs: BTreeMap<usize, Vec<Measured>> = BTreeMap::new();
-    for _ in 0..pairs {
-        for &w in &workers {
-            let m = child(&input, n, &["--one", &w.to_string()]);
-            println!(
-                "  {w} worker(s): wall {:.2} s, CPU {:.2} s ({:.2} cores busy), {:.2} M rows/s, {:.2} M rows per CPU-second, peak RSS {:.0} MiB",
-                m.wall,
-                m.cpu,
-                m.cpu / m.wall,
-                n as f64 / m.wall / 1e6,
-                n as f64 / m.cpu / 1e6,
-                m.rss
-            );
-            runs.entry(w).or_default().push(m);
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
+    // Each round runs the yardstick and every worker count back to back, and the ratios are
+    // taken within a round: this machine's speed drifts by a fifth and more from one minute
+    // to the next, which moves the runs of one round alike but not those of different rounds.
+    let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let base = workers.first().copied().unwrap_or(1);
-    let base_rate = n as f64 / median(&mut runs[&base].iter().map(|m| m.wall).collect());
-    println!("medians:");
+    let mut runs: BTreeMap<usize, Vec<Measured>> = BTreeMap::new();
+    // Per worker count, each round's wall-clock speed-up over `base` and rows per CPU-second
+    // against the round's yardstick.
+    let mut speedups: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut of_yardstick: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    let mut yardsticks = Vec::new();
+    // Per worker count above one: the throughput of that many yardsticks run at once against
+    // one alone, what the machine gives as many threads that share nothing in this round.
+    let mut ceilings: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+    for round in 1..=pairs {
+        let yard = child(&input, n, &["--yardstick"]);
+        let yard_rate = n as f64 / yard.cpu;
+        yardsticks.push(yard_rate);
+        println!(
+            "  round {round}: yardstick (decode + Parquet of the payload, one thread) {:.2} M rows per CPU-second",
+            yard_rate / 1e6
+        );
+        for &w in workers.iter().filter(|&&w| w > 1) {
+            let (_, wall) = children(&input, n, &["--yardstick"], w);
+            let ceiling = w as f64 * yard.wall / wall;
+            println!("  {w} yardsticks at once: {ceiling:.2}x the throughput of one (independent processes)");
+            ceilings.entry(w).or_default().push(ceiling);
+        }
+        let mut base_wall = None;
+        for &w in &workers {
+            let m = child(&input, n, &["--one", &w.to_string()]);
+            let base_wall = *base_wall.get_or_insert(m.wall);
+            println!(
+                "  {w} worker(s): wall {:.2} s, CPU {:.2} s ({:.2} cores busy), {:.2} M rows/s ({:.2}x of {base}), {:.2} M rows per CPU-second ({:.2} of the yardstick), peak RSS {:.0} MiB",
+                m.wall,
+                m.cpu,
+                m.cpu / m.wall,
+                n as f64 / m.wall / 1e6,
+                base_wall / m.wall,
+                n as f64 / m.cpu / 1e6,
+                n as f64 / m.cpu / yard_rate,
+                m.rss
+            );
+            speedups.entry(w).or_default().push(base_wall / m.wall);
+            of_yardstick.entry(w).or_default().push(n as f64 / m.cpu / yard_rate);
+            runs.entry(w).or_default().push(m);
+        }
+    }
+    println!("medians (the ratios: medians of each round's own):");
+    println!("  yardstick: {:.2} M rows per CPU-second", median(yardsticks) / 1e6);
+    for (w, c) in &ceilings {
+        println!("  {w} yardsticks at once: {:.2}x the throughput of one", median(c.clone()));
+    }
     for (w, ms) in &runs {
-        let wall = median(&mut ms.iter().map(|m| m.wall).collect());
-        let cpu = median(&mut ms.iter().map(|m| m.cpu).collect());
-        let rss = median(&mut ms.iter().map(|m| m.rss).collect());
+        let wall = median(ms.iter().map(|m| m.wall).collect());
+        let cpu = median(ms.iter().map(|m| m.cpu).collect());
+        let rss = median(ms.iter().map(|m| m.rss).collect());
         println!(
             "  {w} worker(s): {:.2} M rows/s wall ({:.2}x of {base}), {:.2} M rows per CPU-second ({:.2} of the yardstick), peak RSS {rss:.0} MiB",
             n as f64 / wall / 1e6,
-            n as f64 / wall / base_rate,
+            median(speedups[w].clone()),
             n as f64 / cpu / 1e6,
-            n as f64 / cpu / yard_rate
+            median(of_yardstick[w].clone()),
         );
     }
     if arg("--parts", 1) == 1 {
@@ -142,6 +188,12 @@ struct Measured {
 
 /// Runs this bench again as a child on `input` with `extra` arguments; its RESULT line.
 fn child(input: &Path, n: usize, extra: &[&str]) -> Measured {
+    children(input, n, extra, 1).0.remove(0)
+}
+
+/// Runs `copies` children at once, as [`child`]; their measures and the wall time until the
+/// last one ended.
+fn children(input: &Path, n: usize, extra: &[&str], copies: usize) -> (Vec<Measured>, f64) {
     let exe = std::env::current_exe().expect("the bench binary");
     let mut args = vec!["--input".to_string(), input.display().to_string(), "--records".into(), n.to_string()];
     let all: Vec<String> = std::env::args().collect();
@@ -149,12 +201,30 @@ fn child(input: &Path, n: usize, extra: &[&str]) -> Measured {
         args.extend(all[i..].iter().take(2).cloned());
     }
     args.extend(extra.iter().map(|a| a.to_string()));
-    let out = std::process::Command::new(exe).args(&args).output().expect("the bench runs itself");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("a RESULT line");
-    let f: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
-    Measured { wall: f[1], cpu: f[2], rss: f[3] }
+    let started = Instant::now();
+    let running: Vec<_> = (0..copies)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the bench runs itself")
+        })
+        .collect();
+    let outs: Vec<_> = running.into_iter().map(|c| c.wait_with_output().expect("the child ends")).collect();
+    let wall = started.elapsed().as_secs_f64();
+    let measured = outs
+        .iter()
+        .map(|out| {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+            let line = text.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("a RESULT line");
+            let f: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+            Measured { wall: f[1], cpu: f[2], rss: f[3] }
+        })
+        .collect();
+    (measured, wall)
 }
 
 /// One backfill of `input` with `workers` into a new table under `work`; prints its RESULT.
@@ -312,6 +382,115 @@ fn pipeline_and_table_parquet(pool: &Pool, input: &Path, n: usize) -> (f64, f64)
     parquet_cpu += thread_cpu_seconds() - t;
     assert_eq!(rows, n);
     (pipeline_cpu, parquet_cpu)
+}
+
+/// Parquet encoding of the payload columns (zstd 1, page statistics, row groups of 1,048,576
+/// rows, to memory) on one thread with `ArrowWriter`, then with the columns of each row group
+/// spread over `threads` threads (`ArrowColumnWriter`s, each thread taking whole columns, the
+/// largest first onto the least loaded thread). The batches are decoded first, outside the
+/// timing. Prints the wall and process CPU time of each.
+fn column_threads(pool: &Pool, input: &Path, n: usize, threads: usize) {
+    use deltalake::parquet::arrow::arrow_writer::{compute_leaves, ArrowRowGroupWriterFactory};
+    use deltalake::parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
+    use deltalake::parquet::file::writer::SerializedFileWriter;
+    use protolake::source::file::DelimitedReader;
+    let mut decoder = Decoder::new(pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
+    let file = std::fs::File::open(input).unwrap();
+    let mut reader = DelimitedReader::new(std::io::BufReader::with_capacity(1 << 20, file), 1 << 20);
+    let mut batches = Vec::new();
+    let mut rows = 0;
+    while rows < n {
+        next_records(&mut reader, |_, bytes| decoder.decode(bytes).unwrap());
+        let batch = decoder.flush().unwrap();
+        if batch.num_rows() == 0 {
+            break;
+        }
+        rows += batch.num_rows();
+        batches.push(batch);
+    }
+    let schema = batches[0].schema();
+    let properties = std::sync::Arc::new(
+        deltalake::parquet::file::properties::WriterProperties::builder()
+            .set_compression(deltalake::parquet::basic::Compression::ZSTD(
+                deltalake::parquet::basic::ZstdLevel::try_new(1).unwrap(),
+            ))
+            .set_statistics_enabled(deltalake::parquet::file::properties::EnabledStatistics::Page)
+            .set_max_row_group_row_count(Some(1_048_576))
+            .build(),
+    );
+    let rows_per_group = 1_048_576 / batches[0].num_rows().max(1);
+
+    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some((*properties).clone())).unwrap();
+    for batch in &batches {
+        writer.write(batch).unwrap();
+    }
+    let one_bytes = writer.into_inner().unwrap().len();
+    let (one_wall, one_cpu) = (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+
+    // The columns' shares: their Arrow sizes, a stand-in for their encoding cost.
+    let mut order: Vec<(usize, usize)> =
+        (0..schema.fields().len()).map(|c| (batches[0].column(c).get_array_memory_size(), c)).collect();
+    order.sort_unstable_by(|a, b| b.cmp(a));
+    let mut shares: Vec<(usize, Vec<usize>)> = vec![(0, Vec::new()); threads.max(1)];
+    for (size, column) in order {
+        let least = shares.iter_mut().min_by_key(|s| s.0).unwrap();
+        least.0 += size;
+        least.1.push(column);
+    }
+
+    let (cpu, wall) = (cpu_seconds(), Instant::now());
+    let parquet_schema = ArrowSchemaConverter::new().convert(&schema).unwrap();
+    let mut out = SerializedFileWriter::new(Vec::new(), parquet_schema.root_schema_ptr(), properties.clone()).unwrap();
+    let factory = ArrowRowGroupWriterFactory::new(&out, schema.clone());
+    for (index, group) in batches.chunks(rows_per_group.max(1)).enumerate() {
+        let mut writers: Vec<Option<_>> = factory.create_column_writers(index).unwrap().into_iter().map(Some).collect();
+        let mut chunks: Vec<Option<_>> = (0..writers.len()).map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .iter()
+                .map(|(_, columns)| {
+                    let mut mine: Vec<(usize, _)> = columns.iter().map(|&c| (c, writers[c].take().unwrap())).collect();
+                    let schema = &schema;
+                    scope.spawn(move || {
+                        for batch in group {
+                            for (c, writer) in &mut mine {
+                                for leaf in compute_leaves(schema.field(*c), batch.column(*c)).unwrap() {
+                                    writer.write(&leaf).unwrap();
+                                }
+                            }
+                        }
+                        mine.into_iter().map(|(c, w)| (c, w.close().unwrap())).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for handle in handles {
+                for (c, chunk) in handle.join().unwrap() {
+                    chunks[c] = Some(chunk);
+                }
+            }
+        });
+        let mut row_group = out.next_row_group().unwrap();
+        for chunk in chunks {
+            chunk.unwrap().append_to_row_group(&mut row_group).unwrap();
+        }
+        row_group.close().unwrap();
+    }
+    let spread_bytes = out.into_inner().unwrap().len();
+    let (spread_wall, spread_cpu) = (wall.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    println!("Parquet of {rows} decoded rows' 8 payload columns (zstd 1, page statistics), to memory:");
+    println!(
+        "  one thread (ArrowWriter): wall {one_wall:.2} s, CPU {one_cpu:.2} s, {:.1} bytes/row",
+        one_bytes as f64 / rows as f64
+    );
+    let columns: Vec<Vec<&str>> =
+        shares.iter().map(|(_, cs)| cs.iter().map(|&c| schema.field(c).name().as_str()).collect()).collect();
+    println!(
+        "  columns over {threads} threads (ArrowColumnWriter, {columns:?}): wall {spread_wall:.2} s ({:.2}x), CPU {spread_cpu:.2} s ({:.2} of one thread's), {:.1} bytes/row",
+        one_wall / spread_wall,
+        spread_cpu / one_cpu,
+        spread_bytes as f64 / rows as f64
+    );
 }
 
 /// Hands the next batch of records (65,536 or what is left) to `take`.
