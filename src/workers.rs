@@ -291,7 +291,7 @@ impl Pool {
     }
 
     /// Hands `run` to the next worker in turn with room in its queue; when every queue is
-    /// full, waits until any worker takes a job.
+    /// full, waits until the workers, whichever they are, have taken half a queue's worth.
     pub fn deal(&mut self, run: Run) -> Result<(), WorkerError> {
         let n = self.jobs.len();
         let mut job = Job::Run(run);
