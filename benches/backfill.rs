@@ -114,11 +114,8 @@ fn main() {
         v[v.len() / 2]
     };
     let base = workers.first().copied().unwrap_or(1);
+    // Per worker count, its run of each round; and each round's yardstick rate.
     let mut runs: BTreeMap<usize, Vec<Measured>> = BTreeMap::new();
-    // Per worker count, each round's wall-clock speed-up over `base` and rows per CPU-second
-    // against the round's yardstick.
-    let mut speedups: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
-    let mut of_yardstick: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut yardsticks = Vec::new();
     // Per worker count above one: the throughput of that many yardsticks run at once against
     // one alone, what the machine gives as many threads that share nothing in this round.
@@ -152,13 +149,11 @@ fn main() {
                 n as f64 / m.cpu / yard_rate,
                 m.rss
             );
-            speedups.entry(w).or_default().push(base_wall / m.wall);
-            of_yardstick.entry(w).or_default().push(n as f64 / m.cpu / yard_rate);
             runs.entry(w).or_default().push(m);
         }
     }
     println!("medians (the ratios: medians of each round's own):");
-    println!("  yardstick: {:.2} M rows per CPU-second", median(yardsticks) / 1e6);
+    println!("  yardstick: {:.2} M rows per CPU-second", median(yardsticks.clone()) / 1e6);
     for (w, c) in &ceilings {
         println!("  {w} yardsticks at once: {:.2}x the throughput of one", median(c.clone()));
     }
@@ -166,12 +161,14 @@ fn main() {
         let wall = median(ms.iter().map(|m| m.wall).collect());
         let cpu = median(ms.iter().map(|m| m.cpu).collect());
         let rss = median(ms.iter().map(|m| m.rss).collect());
+        let speedup = median(runs[&base].iter().zip(ms).map(|(b, m)| b.wall / m.wall).collect());
+        let of_yardstick = median(ms.iter().zip(&yardsticks).map(|(m, y)| n as f64 / m.cpu / y).collect());
         println!(
             "  {w} worker(s): {:.2} M rows/s wall ({:.2}x of {base}), {:.2} M rows per CPU-second ({:.2} of the yardstick), peak RSS {rss:.0} MiB",
             n as f64 / wall / 1e6,
-            median(speedups[w].clone()),
+            speedup,
             n as f64 / cpu / 1e6,
-            median(of_yardstick[w].clone()),
+            of_yardstick,
         );
     }
     if arg("--parts", 1) == 1 {
@@ -291,6 +288,21 @@ fn components(pool: &Pool, input: &Path, n: usize) {
     );
 }
 
+/// Rows in a row group of the yardstick's Parquet.
+const PAYLOAD_ROW_GROUP_ROWS: usize = 1_048_576;
+
+/// The yardstick's Parquet settings: zstd 1, page statistics, row groups of
+/// [`PAYLOAD_ROW_GROUP_ROWS`].
+fn payload_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    deltalake::parquet::file::properties::WriterProperties::builder()
+        .set_compression(deltalake::parquet::basic::Compression::ZSTD(
+            deltalake::parquet::basic::ZstdLevel::try_new(1).unwrap(),
+        ))
+        .set_statistics_enabled(deltalake::parquet::file::properties::EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(PAYLOAD_ROW_GROUP_ROWS))
+        .build()
+}
+
 /// The yardstick: the records framed and decoded, and the 8 payload columns Parquet-encoded
 /// (zstd 1, page statistics) to memory. CPU seconds of each step on this thread, output bytes.
 fn yardstick(pool: &Pool, input: &Path, n: usize) -> (f64, f64, usize) {
@@ -298,13 +310,7 @@ fn yardstick(pool: &Pool, input: &Path, n: usize) -> (f64, f64, usize) {
     let mut decoder = Decoder::new(pool, "protolake.examples.v1.FlatEvent", &DecodeOptions::default()).unwrap();
     let file = std::fs::File::open(input).unwrap();
     let mut reader = DelimitedReader::new(std::io::BufReader::with_capacity(1 << 20, file), 1 << 20);
-    let properties = deltalake::parquet::file::properties::WriterProperties::builder()
-        .set_compression(deltalake::parquet::basic::Compression::ZSTD(
-            deltalake::parquet::basic::ZstdLevel::try_new(1).unwrap(),
-        ))
-        .set_statistics_enabled(deltalake::parquet::file::properties::EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(1_048_576))
-        .build();
+    let properties = payload_properties();
     let mut writer: Option<deltalake::parquet::arrow::ArrowWriter<Vec<u8>>> = None;
     let (mut decode_cpu, mut parquet_cpu, mut out_bytes, mut rows) = (0.0, 0.0, 0usize, 0usize);
     loop {
@@ -409,16 +415,8 @@ fn column_threads(pool: &Pool, input: &Path, n: usize, threads: usize) {
         batches.push(batch);
     }
     let schema = batches[0].schema();
-    let properties = std::sync::Arc::new(
-        deltalake::parquet::file::properties::WriterProperties::builder()
-            .set_compression(deltalake::parquet::basic::Compression::ZSTD(
-                deltalake::parquet::basic::ZstdLevel::try_new(1).unwrap(),
-            ))
-            .set_statistics_enabled(deltalake::parquet::file::properties::EnabledStatistics::Page)
-            .set_max_row_group_row_count(Some(1_048_576))
-            .build(),
-    );
-    let rows_per_group = 1_048_576 / batches[0].num_rows().max(1);
+    let properties = std::sync::Arc::new(payload_properties());
+    let rows_per_group = PAYLOAD_ROW_GROUP_ROWS / batches[0].num_rows().max(1);
 
     let (cpu, wall) = (cpu_seconds(), Instant::now());
     let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some((*properties).clone())).unwrap();
