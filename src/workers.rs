@@ -36,7 +36,6 @@ pub const FILE_RUNS_QUEUED: usize = 8;
 pub const KAFKA_RUNS_QUEUED: usize = 4;
 
 /// The jobs the workers have taken, counted, and the dealer's wait for more of them.
-#[derive(Default)]
 struct Takes {
     count: AtomicU64,
     /// The count the waiting dealer wakes at (`u64::MAX`: it is not waiting).
@@ -47,7 +46,12 @@ struct Takes {
 
 impl Takes {
     fn new() -> Takes {
-        Takes { wake_at: AtomicU64::new(u64::MAX), ..Takes::default() }
+        Takes {
+            count: AtomicU64::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
+            lock: std::sync::Mutex::new(()),
+            signal: std::sync::Condvar::new(),
+        }
     }
 
     /// A worker took a job: wakes the dealer when the count reaches what it waits for.

@@ -195,7 +195,13 @@ enum LengthPrefix {
 
 /// Writes records in the same framing (for tests, samples and benchmarks).
 pub fn write_delimited(out: &mut impl io::Write, record: &[u8]) -> io::Result<()> {
-    let mut len = record.len() as u64;
+    let (prefix, n) = encode_length(record.len() as u64);
+    out.write_all(&prefix[..n])?;
+    out.write_all(record)
+}
+
+/// The varint length prefix of a `len`-byte record, and how many of its bytes are used.
+fn encode_length(mut len: u64) -> ([u8; 10], usize) {
     let mut prefix = [0u8; 10];
     let mut n = 0;
     while len >= 0x80 {
@@ -204,8 +210,7 @@ pub fn write_delimited(out: &mut impl io::Write, record: &[u8]) -> io::Result<()
         n += 1;
     }
     prefix[n] = len as u8;
-    out.write_all(&prefix[..=n])?;
-    out.write_all(record)
+    (prefix, n + 1)
 }
 
 #[cfg(test)]
@@ -275,14 +280,9 @@ mod tests {
     fn length_prefixes_of_every_size_read_back_and_cut_ones_do_not() {
         let lengths = [0u64, 1, 127, 128, 300, 16_383, 16_384, 2_097_151, 2_097_152, 1 << 35, u64::MAX];
         for len in lengths {
-            let mut prefix = Vec::new();
-            let mut rest = len;
-            while rest >= 0x80 {
-                prefix.push((rest as u8) | 0x80);
-                rest >>= 7;
-            }
-            prefix.push(rest as u8);
-            let mut buf = prefix.clone();
+            let (bytes, n) = encode_length(len);
+            let prefix = &bytes[..n];
+            let mut buf = prefix.to_vec();
             buf.extend([0xff, 0x01]); // what follows the prefix does not count
             assert_eq!(length_prefix(&buf), Some((len, prefix.len())), "length {len}");
             for cut in 0..prefix.len() {
